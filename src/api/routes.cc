@@ -1,0 +1,300 @@
+#include "api/routes.h"
+
+#include <boost/asio/use_awaitable.hpp>
+#include <boost/beast/core/string.hpp>
+
+#include <charconv>
+
+#include "base/clock.h"
+#include "base/ids.h"
+#include "base/json.h"
+#include "flow/inputs.h"
+
+namespace flowd::api {
+namespace asio = boost::asio;
+namespace beast = boost::beast;
+namespace http = beast::http;
+using net::ErrorResponse;
+using net::JsonResponse;
+using net::Request;
+using net::Response;
+
+namespace {
+
+unsigned StatusFor(const std::string& code) {
+  if (code == "not_found") return 404;
+  if (code == "queue_full" || code == "rate_limited") return 429;
+  if (code == "unavailable") return 503;
+  if (code == "unsupported_media_type") return 415;
+  return 400;
+}
+
+Response Fail(const Error& e) {
+  Response res = ErrorResponse(StatusFor(e.code), e);
+  if (res.result_int() == 429 || res.result_int() == 503) res.set(http::field::retry_after, "1");
+  return res;
+}
+
+Response NotFound() { return ErrorResponse(404, "not_found", "No such resource."); }
+
+Response Unauthorized() {
+  Response res = ErrorResponse(401, "unauthorized", "A valid API key is required: Authorization: Bearer <key>.");
+  res.set(http::field::www_authenticate, "Bearer");
+  return res;
+}
+
+Response MethodNotAllowed(std::string_view allow) {
+  Response res = ErrorResponse(405, "method_not_allowed", "This route does not take that method.");
+  res.set(http::field::allow, allow);
+  return res;
+}
+
+std::vector<std::string_view> Split(std::string_view path) {
+  std::vector<std::string_view> parts;
+  size_t i = 1;
+  while (i <= path.size()) {
+    size_t j = path.find('/', i);
+    if (j == std::string_view::npos) j = path.size();
+    parts.push_back(path.substr(i, j - i));
+    i = j + 1;
+  }
+  return parts;
+}
+
+std::string_view QueryParam(std::string_view query, std::string_view name) {
+  while (!query.empty()) {
+    size_t amp = query.find('&');
+    std::string_view pair = query.substr(0, amp);
+    size_t eq = pair.find('=');
+    if (pair.substr(0, eq) == name) return eq == std::string_view::npos ? "" : pair.substr(eq + 1);
+    if (amp == std::string_view::npos) break;
+    query.remove_prefix(amp + 1);
+  }
+  return {};
+}
+
+// A JSON body is required to say so, when it says anything.
+bool JsonContentType(const Request& req) {
+  auto it = req.find(http::field::content_type);
+  if (it == req.end()) return true;
+  std::string_view v = it->value();
+  v = v.substr(0, v.find(';'));
+  while (!v.empty() && v.back() == ' ') v.remove_suffix(1);
+  return beast::iequals(v, "application/json");
+}
+
+std::string SavedJson(const flow::SavedFlow& s) {
+  std::string out;
+  JsonWriter w(out);
+  w.BeginObject().Key("flow_id").String(s.flow_id).Key("version").Int(s.version);
+  w.Key("saved_at").String(FormatTime(s.saved_at)).EndObject();
+  return out;
+}
+
+}  // namespace
+
+std::string_view BearerToken(std::string_view v) {
+  constexpr std::string_view kScheme = "bearer";
+  if (v.size() <= kScheme.size() || !beast::iequals(v.substr(0, kScheme.size()), kScheme) || v[kScheme.size()] != ' ')
+    return {};
+  v.remove_prefix(kScheme.size());
+  while (!v.empty() && v.front() == ' ') v.remove_prefix(1);
+  while (!v.empty() && v.back() == ' ') v.remove_suffix(1);
+  return v;
+}
+
+struct Routes::Call {
+  Request& req;
+  std::vector<std::string_view> parts;  // path segments after "/v1"
+  std::string_view query;
+  std::shared_ptr<const KeyInfo> caller;
+};
+
+std::optional<net::Response> Routes::Precheck(const Request& head) {
+  std::string_view target = head.target();
+  if (!target.starts_with("/v1/")) return std::nullopt;
+  auto auth = head.find(http::field::authorization);
+  if (auth == head.end() || head.count(http::field::authorization) != 1 || !keys_.Authenticate(BearerToken(auth->value())))
+    return Unauthorized();
+  return std::nullopt;
+}
+
+asio::awaitable<Response> Routes::Handle(Request& req) {
+  std::string_view target = req.target();
+  size_t q = target.find('?');
+  std::string_view path = target.substr(0, q);
+  std::string_view query = q == std::string_view::npos ? "" : target.substr(q + 1);
+
+  if (path == "/healthz" || path == "/readyz") {
+    if (req.method() != http::verb::get && req.method() != http::verb::head) co_return MethodNotAllowed("GET, HEAD");
+    if (path == "/readyz" && !(store_.healthy() && ready_())) {
+      Response res = ErrorResponse(503, "unavailable", "Not accepting runs right now.");
+      res.set(http::field::retry_after, "1");
+      co_return res;
+    }
+    co_return JsonResponse(200, R"({"status":"ok"})");
+  }
+  if (!path.starts_with("/v1/")) co_return NotFound();
+
+  // One Authorization header, one bearer token; everything else reads as unauthorized.
+  auto auth = req.find(http::field::authorization);
+  if (auth == req.end() || req.count(http::field::authorization) != 1) co_return Unauthorized();
+  Call call{req, Split(path.substr(3)), query, keys_.Authenticate(BearerToken(auth->value()))};
+  if (!call.caller) co_return Unauthorized();
+
+  if ((req.method() == http::verb::post || req.method() == http::verb::put) && !req.body().empty() &&
+      !JsonContentType(req)) {
+    co_return ErrorResponse(415, "unsupported_media_type", "Send the body as Content-Type: application/json.");
+  }
+  const auto& p = call.parts;
+  if (p.empty()) co_return NotFound();
+  if (p[0] == "keys") co_return co_await Keys(call);
+  if (p[0] == "flow" && p.size() >= 3 && p[2] == "run") co_return co_await Runs(call);
+  if (p[0] == "flow") co_return co_await Flows(call);
+  co_return NotFound();
+}
+
+asio::awaitable<Response> Routes::Keys(Call& c) {
+  const auto& p = c.parts;
+  const auto method = c.req.method();
+  if (p.size() == 1) {
+    if (method == http::verb::post) {
+      std::string name;
+      if (!c.req.body().empty()) {
+        simdjson::ondemand::parser parser;
+        simdjson::ondemand::document doc;
+        simdjson::ondemand::object obj;
+        if (parser.iterate(Padded(c.req.body())).get(doc) || doc.get_object().get(obj)) {
+          co_return ErrorResponse(400, "invalid_json", "The body must be a JSON object.");
+        }
+        for (auto f : obj) {
+          std::string_view k, v;
+          if (f.unescaped_key().get(k)) co_return ErrorResponse(400, "invalid_json", "The body is not valid JSON.");
+          if (k != "name") co_return ErrorResponse(400, "invalid_body", "Unknown field \"" + std::string(k) + "\".");
+          if (f.value().get_string().get(v) || v.size() > 200) {
+            co_return ErrorResponse(400, "invalid_body", "name must be a string of at most 200 characters.");
+          }
+          name = v;
+        }
+        if (!AtEnd(doc)) co_return ErrorResponse(400, "invalid_json", "The body is not valid JSON.");
+      }
+      auto created = co_await keys_.Create(c.caller->account, name);
+      if (!created) co_return Fail({"unavailable", "The store cannot take writes right now.", "", {}});
+      std::string out;
+      JsonWriter w(out);
+      w.BeginObject().Key("key_id").String(created->info->key_id).Key("name").String(created->info->name);
+      w.Key("key").String(created->key).Key("prefix").String(created->info->prefix);
+      w.Key("created_at").String(FormatTime(created->info->created_at)).EndObject();
+      co_return JsonResponse(201, std::move(out));
+    }
+    if (method == http::verb::get) {
+      std::string out;
+      JsonWriter w(out);
+      w.BeginObject().Key("keys").BeginArray();
+      for (const auto& k : keys_.List(c.caller->account)) {
+        w.BeginObject().Key("key_id").String(k->key_id).Key("name").String(k->name).Key("prefix").String(k->prefix);
+        w.Key("created_at").String(FormatTime(k->created_at)).Key("last_used_at");
+        int64_t used = k->last_used_at.load(std::memory_order_relaxed);
+        used ? w.String(FormatTime(used)) : w.Null();
+        w.EndObject();
+      }
+      w.EndArray().EndObject();
+      co_return JsonResponse(200, std::move(out));
+    }
+    co_return MethodNotAllowed("GET, POST");
+  }
+  if (p.size() == 2 && !p[1].empty()) {
+    if (method != http::verb::delete_) co_return MethodNotAllowed("DELETE");
+    bool stored = false;
+    if (!co_await keys_.Revoke(c.caller->account, std::string(p[1]), &stored)) co_return NotFound();
+    if (!stored) co_return Fail({"unavailable", "The key was revoked in memory but the store refused the change.", "", {}});
+    Response res{http::status::no_content, 11};
+    co_return res;
+  }
+  co_return NotFound();
+}
+
+asio::awaitable<Response> Routes::Flows(Call& c) {
+  const auto& p = c.parts;
+  const auto method = c.req.method();
+  const std::string& account = c.caller->account;
+  if (p.size() == 1) {
+    if (method != http::verb::post) co_return MethodNotAllowed("POST");
+    Error error;
+    auto flow = flow::ParseFlow(c.req.body(), error);
+    if (!flow) co_return Fail(error);
+    auto result = co_await catalog_.Save(account, NewUuidV4(), std::move(flow));
+    if (result.error) co_return Fail(*result.error);
+    co_return JsonResponse(201, SavedJson(result.saved));
+  }
+  if (p.size() != 2 || !IsUuid(p[1])) co_return NotFound();
+  std::string flow_id(p[1]);
+  if (method == http::verb::put) {
+    Error error;
+    auto flow = flow::ParseFlow(c.req.body(), error);
+    if (!flow) co_return Fail(error);
+    auto result = co_await catalog_.Save(account, flow_id, std::move(flow));
+    if (result.error) co_return Fail(*result.error);
+    co_return JsonResponse(result.created ? 201 : 200, SavedJson(result.saved));
+  }
+  if (method == http::verb::get) {
+    std::optional<uint32_t> version;
+    if (std::string_view v = QueryParam(c.query, "version"); !v.empty()) {
+      uint32_t n = 0;
+      auto [end, ec] = std::from_chars(v.data(), v.data() + v.size(), n);
+      if (ec != std::errc() || end != v.data() + v.size() || n == 0) {
+        co_return ErrorResponse(400, "invalid_query", "version must be a positive integer.");
+      }
+      version = n;
+    }
+    auto saved = co_await catalog_.Get(account, flow_id, version);
+    if (!saved) co_return NotFound();
+    std::string out;
+    JsonWriter w(out);
+    w.BeginObject().Key("flow_id").String(flow_id).Key("version").Int(saved->version);
+    w.Key("saved_at").String(FormatTime(saved->saved_at)).Key("name").String(saved->flow->name);
+    w.Key("nodes").Raw(saved->flow->nodes_json).EndObject();
+    co_return JsonResponse(200, std::move(out));
+  }
+  if (method == http::verb::delete_) {
+    bool found = false;
+    auto error = co_await catalog_.Delete(account, flow_id, &found);
+    if (error) co_return Fail(*error);
+    if (!found) co_return NotFound();
+    co_return Response{http::status::no_content, 11};
+  }
+  co_return MethodNotAllowed("GET, PUT, DELETE");
+}
+
+asio::awaitable<Response> Routes::Runs(Call& c) {
+  const auto& p = c.parts;  // flow, {id}, run[, {run_id}]
+  const auto method = c.req.method();
+  if (!IsUuid(p[1])) co_return NotFound();
+  std::string flow_id(p[1]);
+  if (p.size() == 4) {
+    if (p[3].empty()) co_return NotFound();
+    if (method != http::verb::get) co_return MethodNotAllowed("GET");
+    auto run = co_await engine_.Find(c.caller->account, flow_id, std::string(p[3]));
+    if (!run) co_return NotFound();
+    co_return JsonResponse(200, std::move(*run));
+  }
+  if (p.size() != 3) co_return NotFound();
+  if (method != http::verb::post) co_return MethodNotAllowed("POST");
+  auto saved = co_await catalog_.Get(c.caller->account, flow_id);
+  if (!saved) co_return NotFound();
+  flow::RunRecord rec;
+  rec.account = c.caller->account;
+  if (auto error = flow::DecodeRunRequest(*saved->flow, c.req.body(), rec)) co_return Fail(*error);
+  if (!ready_()) co_return Fail({"unavailable", "The server is shutting down.", "", {}});
+  if (auto error = co_await engine_.Start(std::move(*saved), rec)) co_return Fail(*error);
+  std::string out;
+  JsonWriter w(out);
+  w.BeginObject().Key("run_id").String(rec.run_id).Key("flow_id").String(rec.flow_id);
+  w.Key("flow_version").Int(rec.flow_version).Key("status").String("pending");
+  w.Key("created_at").String(FormatTime(rec.created_at)).EndObject();
+  Response res = JsonResponse(202, std::move(out));
+  res.set(http::field::location, "/v1/flow/" + rec.flow_id + "/run/" + rec.run_id);
+  co_return res;
+}
+
+}  // namespace flowd::api

@@ -1,0 +1,45 @@
+// The REST layer: decodes each /v1 request, calls the catalog, the engine or the key
+// ring, and encodes the answer or the error of API.md. This is the only module that knows
+// both HTTP and flows; main constructs it with references to the parts it wires.
+//
+// Runs on the connection's strand, on any io_context thread.
+#pragma once
+
+#include <functional>
+
+#include "api/key_ring.h"
+#include "flow/catalog.h"
+#include "flow/engine.h"
+#include "net/http_server.h"
+#include "store/store.h"
+
+namespace flowd::api {
+
+class Routes : public net::Handler {
+ public:
+  // `ready` says whether the server accepts runs (false while draining).
+  Routes(KeyRing& keys, flow::Catalog& catalog, flow::Engine& engine, store::Store& store,
+         std::function<bool()> ready)
+      : keys_(keys), catalog_(catalog), engine_(engine), store_(store), ready_(std::move(ready)) {}
+
+  std::optional<net::Response> Precheck(const net::Request& head) override;
+  boost::asio::awaitable<net::Response> Handle(net::Request& req) override;
+
+ private:
+  struct Call;
+  boost::asio::awaitable<net::Response> Keys(Call& c);
+  boost::asio::awaitable<net::Response> Flows(Call& c);
+  boost::asio::awaitable<net::Response> Runs(Call& c);
+
+  KeyRing& keys_;
+  flow::Catalog& catalog_;
+  flow::Engine& engine_;
+  store::Store& store_;
+  std::function<bool()> ready_;
+};
+
+// The bearer token of an Authorization value ("Bearer <token>", scheme in any case, one
+// or more spaces), or "" when the value is not of that form.
+std::string_view BearerToken(std::string_view authorization);
+
+}  // namespace flowd::api

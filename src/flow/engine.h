@@ -1,0 +1,72 @@
+// The engine: accepts runs durably, executes them, and answers where each run stands.
+//
+// A run is accepted only once its record and its entry in the pending-runs index are in
+// the store (synced under --durability sync); only then is it published in the RunTable
+// and started. Each run executes as one coroutine on its own strand. When it ends, the
+// final record replaces the first and the index entry goes, in one batch; until that
+// write lands the run stays in the index, so a crash at any moment re-runs it from the
+// start at the next Resume() (node execution is at least once).
+//
+// Ownership: main owns the Engine, the RunTable, the Catalog and the Store, and keeps
+// them alive until the io_context has stopped. Methods are safe from any io_context
+// thread.
+#pragma once
+
+#include <boost/asio/awaitable.hpp>
+#include <boost/asio/io_context.hpp>
+
+#include <atomic>
+#include <memory>
+#include <optional>
+#include <string>
+
+#include "base/error.h"
+#include "flow/catalog.h"
+#include "flow/flow.h"
+#include "flow/run.h"
+#include "flow/run_table.h"
+#include "store/store.h"
+
+namespace flowd::flow {
+
+struct EngineOptions {
+  size_t max_queued_runs = 100000;  // live (not yet ended) runs before 429 queue_full
+  int64_t keep_ended_ms = 5000;     // how long an ended run stays in the RunTable
+};
+
+class Engine {
+ public:
+  Engine(boost::asio::io_context& ioc, store::Store& store, Catalog& catalog, const EngineOptions& options);
+
+  // Persists and starts a run described by `rec` (inputs and options already decoded).
+  // On success fills in the run's id and times; errors: queue_full, unavailable.
+  boost::asio::awaitable<std::optional<Error>> Start(SavedFlow flow, RunRecord& rec);
+
+  // The public run object, if `run_id` is a run of `flow_id` owned by `account`.
+  boost::asio::awaitable<std::optional<std::string>> Find(std::string account, std::string flow_id,
+                                                          std::string run_id);
+
+  // Start-up, before serving (blocking store reads): restarts every run left pending.
+  size_t Resume();
+
+  // Starts the periodic RunTable sweep; it ends when the io_context stops.
+  void StartSweeper();
+
+  size_t live_runs() const { return live_.load(std::memory_order_relaxed); }
+  RunTable& table() { return table_; }
+
+ private:
+  void Launch(std::shared_ptr<const Flow> flow, RunRecord rec, RunTable::Entry* entry);
+  boost::asio::awaitable<void> Execute(std::shared_ptr<const Flow> flow, RunRecord rec, RunTable::Entry* entry);
+  boost::asio::awaitable<void> Finish(RunRecord rec, RunTable::Entry* entry);
+  boost::asio::awaitable<void> Sweeper();
+
+  boost::asio::io_context& ioc_;
+  store::Store& store_;
+  Catalog& catalog_;
+  EngineOptions options_;
+  RunTable table_;
+  std::atomic<size_t> live_{0};
+};
+
+}  // namespace flowd::flow

@@ -1,0 +1,198 @@
+// flowd's entry point: parses the command line and wires the modules together. Nothing
+// here decides behaviour; it only composes.
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/signal_set.hpp>
+#include <boost/asio/use_awaitable.hpp>
+#include <boost/program_options.hpp>
+
+#include <charconv>
+#include <cstdio>
+#include <iostream>
+#include <thread>
+
+#include "api/key_ring.h"
+#include "api/routes.h"
+#include "base/clock.h"
+#include "base/log.h"
+#include "base/spawn.h"
+#include "flow/catalog.h"
+#include "flow/engine.h"
+#include "net/http_server.h"
+#include "store/store.h"
+
+namespace asio = boost::asio;
+namespace po = boost::program_options;
+using namespace flowd;
+
+namespace {
+
+constexpr const char* kUsage =
+    "usage: flowd serve [options]            serve the API\n"
+    "       flowd keys create --data DIR [--account NAME] [--name NAME]\n"
+    "                                        create an API key while the server is stopped\n"
+    "       flowd --help | --version\n";
+
+// "1MiB", "64KiB", "512k", "1048576" -> bytes.
+bool ParseSize(const std::string& s, size_t& out) {
+  size_t n = 0;
+  auto [end, ec] = std::from_chars(s.data(), s.data() + s.size(), n);
+  if (ec != std::errc() || end == s.data()) return false;
+  std::string unit(end, s.data() + s.size());
+  size_t mult = 1;
+  if (unit.empty() || unit == "B") mult = 1;
+  else if (unit == "KiB" || unit == "k" || unit == "K" || unit == "KB") mult = 1024;
+  else if (unit == "MiB" || unit == "m" || unit == "M" || unit == "MB") mult = 1024 * 1024;
+  else return false;
+  out = n * mult;
+  return true;
+}
+
+// FLOWD_MAX_BODY -> "max-body", for every option the command knows.
+std::function<std::string(std::string)> EnvMapper(const po::options_description& desc) {
+  return [&desc](std::string env) -> std::string {
+    if (env.rfind("FLOWD_", 0) != 0) return "";
+    std::string name = env.substr(6);
+    for (auto& c : name) c = c == '_' ? '-' : static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+    return desc.find_nothrow(name, false) ? name : "";
+  };
+}
+
+int Fail(const std::string& message) {
+  std::cerr << "flowd: " << message << "\n";
+  return 2;
+}
+
+int Serve(int argc, char** argv) {
+  std::string listen, data, durability, max_body, drain, log_level;
+  int threads = 1;
+  size_t max_queued = 100000;
+  po::options_description desc("flowd serve options");
+  desc.add_options()
+      ("listen", po::value(&listen)->default_value("127.0.0.1:8080"), "address:port; port 0 takes a free one")
+      ("data", po::value(&data)->default_value("./data"), "data folder (RocksDB)")
+      ("threads", po::value(&threads)->default_value(1), "threads running the event loop")
+      ("durability", po::value(&durability)->default_value("sync"), "sync: a 202 only after fsync; async: no fsync")
+      ("max-body", po::value(&max_body)->default_value("1MiB"), "largest request body")
+      ("max-queued-runs", po::value(&max_queued)->default_value(100000), "live runs before 429 queue_full")
+      ("drain-timeout", po::value(&drain)->default_value("10s"), "how long SIGTERM waits for requests in flight")
+      ("log-level", po::value(&log_level)->default_value("info"), "debug, info, warn or error")
+      ("help", "this text");
+  po::variables_map vm;
+  try {
+    po::store(po::command_line_parser(argc, argv).options(desc).run(), vm);
+    po::store(po::parse_environment(desc, EnvMapper(desc)), vm);
+    po::notify(vm);
+  } catch (const std::exception& e) {
+    return Fail(e.what());
+  }
+  if (vm.count("help")) {
+    std::cout << kUsage << "\n" << desc;
+    return 0;
+  }
+  LogLevel level;
+  if (!ParseLogLevel(log_level, level)) return Fail("--log-level must be debug, info, warn or error");
+  SetLogLevel(level);
+  net::ServerOptions server_options;
+  if (!ParseSize(max_body, server_options.max_body)) return Fail("--max-body: expected a size such as 1MiB");
+  auto drain_ms = ParseDurationMs(drain);
+  if (!drain_ms) return Fail("--drain-timeout: expected a duration such as 10s");
+  if (durability != "sync" && durability != "async") return Fail("--durability must be sync or async");
+  if (threads < 1 || threads > 64) return Fail("--threads must be between 1 and 64");
+  auto colon = listen.rfind(':');
+  boost::system::error_code ec;
+  auto address = asio::ip::make_address(listen.substr(0, colon), ec);
+  unsigned port = 0;
+  if (colon == std::string::npos || ec ||
+      std::from_chars(listen.data() + colon + 1, listen.data() + listen.size(), port).ec != std::errc() || port > 65535) {
+    return Fail("--listen: expected address:port, e.g. 127.0.0.1:8080");
+  }
+
+  std::string error;
+  auto store = store::Store::Open({data, durability == "sync"}, &error);
+  if (!store) return Fail("cannot open the data folder " + data + ": " + error);
+
+  asio::io_context ioc(threads);
+  {
+    flow::Catalog catalog(*store);
+    api::KeyRing keys(*store);
+    keys.LoadSync();
+    flow::Engine engine(ioc, *store, catalog, {max_queued});
+    net::Server* server_ptr = nullptr;
+    api::Routes routes(keys, catalog, engine, *store, [&] { return server_ptr && !server_ptr->draining(); });
+    net::Server server(ioc, routes, server_options);
+    server_ptr = &server;
+    if (!server.Listen({address, static_cast<unsigned short>(port)}, &error)) return Fail("cannot listen on " + listen + ": " + error);
+
+    size_t resumed = engine.Resume();
+    engine.StartSweeper();
+    server.Start();
+
+    asio::signal_set signals(ioc, SIGINT, SIGTERM);
+    signals.async_wait([&](const boost::system::error_code& e, int sig) {
+      if (e) return;
+      Log(LogLevel::kInfo, "shutting down", {{"signal", sig == SIGTERM ? "SIGTERM" : "SIGINT"}});
+      SpawnLogged(ioc, [&]() -> asio::awaitable<void> {
+        co_await server.Drain(std::chrono::milliseconds(*drain_ms));
+        ioc.stop();
+      }(), "drain");
+    });
+
+    auto ep = server.local_endpoint();
+    Log(LogLevel::kInfo, "listening on " + ep.address().to_string() + ":" + std::to_string(ep.port()),
+        {{"data", data}, {"durability", durability}, {"resumed_runs", std::to_string(resumed)}});
+
+    std::vector<std::thread> pool;
+    for (int i = 1; i < threads; ++i) pool.emplace_back([&] { ioc.run(); });
+    ioc.run();
+    for (auto& t : pool) t.join();
+    // Completions still in the store's queues are posted to the stopped io_context, which
+    // discards them with the rest of its work below.
+    store->Close();
+  }
+  Log(LogLevel::kInfo, "stopped");
+  return 0;
+}
+
+int KeysCreate(int argc, char** argv) {
+  std::string data, account, name;
+  po::options_description desc("flowd keys create options");
+  desc.add_options()
+      ("data", po::value(&data)->required(), "data folder")
+      ("account", po::value(&account)->default_value("default"), "account the key belongs to")
+      ("name", po::value(&name)->default_value(""), "a label for the key");
+  po::variables_map vm;
+  try {
+    po::store(po::command_line_parser(argc, argv).options(desc).run(), vm);
+    po::notify(vm);
+  } catch (const std::exception& e) {
+    return Fail(std::string(e.what()) + "\n" + kUsage);
+  }
+  if (account.empty()) return Fail("--account must not be empty");
+  std::string error;
+  auto store = store::Store::Open({data, true}, &error);
+  if (!store) return Fail("cannot open the data folder " + data + " (is flowd serve running on it?): " + error);
+  std::string key = api::KeyRing::CreateSync(*store, account, name);
+  if (key.empty()) return Fail("the store refused the write");
+  std::cerr << "Created a key for account \"" << account << "\". It is shown once; keep it safe.\n";
+  std::cout << key << std::endl;
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::string cmd = argc > 1 ? argv[1] : "";
+  if (cmd == "--version" || cmd == "version") {
+    std::cout << "flowd " << FLOWD_VERSION << "\n";
+    return 0;
+  }
+  if (cmd == "--help" || cmd == "-h" || cmd == "help") {
+    std::cout << kUsage;
+    return 0;
+  }
+  if (cmd == "serve") return Serve(argc - 1, argv + 1);
+  if (cmd == "keys" && argc > 2 && std::string(argv[2]) == "create") return KeysCreate(argc - 2, argv + 2);
+  std::cerr << kUsage;
+  return 2;
+}

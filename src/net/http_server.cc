@@ -1,0 +1,189 @@
+#include "net/http_server.h"
+
+#include <boost/asio/as_tuple.hpp>
+#include <boost/asio/dispatch.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/strand.hpp>
+#include <boost/asio/use_awaitable.hpp>
+#include <boost/asio/write.hpp>
+#include <boost/beast/core/flat_buffer.hpp>
+#include <boost/beast/core/tcp_stream.hpp>
+#include <boost/beast/http/read.hpp>
+#include <boost/beast/http/write.hpp>
+#include <boost/beast/http/parser.hpp>
+
+#include "base/log.h"
+#include "base/spawn.h"
+
+namespace flowd::net {
+namespace asio = boost::asio;
+namespace beast = boost::beast;
+namespace http = beast::http;
+using tcp = asio::ip::tcp;
+using asio::as_tuple;
+using asio::use_awaitable;
+
+namespace {
+
+// The refusal for a request the transport could not read, or nothing when the peer is
+// simply gone (closed, reset, timed out).
+std::optional<Response> RefusalFor(const boost::system::error_code& ec) {
+  if (ec == http::error::body_limit) {
+    return ErrorResponse(413, "payload_too_large", "The body is larger than this server accepts.");
+  }
+  if (ec == http::error::header_limit) {
+    return ErrorResponse(431, "headers_too_large", "The request head is larger than this server accepts.");
+  }
+  static const auto& http_errors = boost::system::error_code(http::error::end_of_stream).category();
+  if (ec.category() == http_errors && ec != http::error::end_of_stream &&
+      ec != http::error::partial_message && ec != http::error::need_more && ec != http::error::need_buffer) {
+    return ErrorResponse(400, "bad_request", "The request is not valid HTTP/1.1.");
+  }
+  return std::nullopt;
+}
+
+bool ExpectsContinue(const Request& req) {
+  auto it = req.find(http::field::expect);
+  return it != req.end() && beast::iequals(it->value(), "100-continue") && req.version() >= 11;
+}
+
+}  // namespace
+
+Server::Server(asio::io_context& ioc, Handler& handler, const ServerOptions& options)
+    : ioc_(ioc), handler_(handler), options_(options), acceptor_(asio::make_strand(ioc)) {}
+
+bool Server::Listen(const tcp::endpoint& at, std::string* error) {
+  boost::system::error_code ec;
+  acceptor_.open(at.protocol(), ec);
+  if (!ec) acceptor_.set_option(asio::socket_base::reuse_address(true), ec);
+  if (!ec) acceptor_.bind(at, ec);
+  if (!ec) acceptor_.listen(asio::socket_base::max_listen_connections, ec);
+  if (ec && error) *error = ec.message();
+  return !ec;
+}
+
+void Server::Start() { SpawnLogged(acceptor_.get_executor(), AcceptLoop(), "accept loop"); }
+
+asio::awaitable<void> Server::AcceptLoop() {
+  asio::steady_timer backoff(ioc_);
+  while (!draining()) {
+    auto [ec, socket] = co_await acceptor_.async_accept(asio::make_strand(ioc_), as_tuple(use_awaitable));
+    if (ec == asio::error::operation_aborted || draining()) co_return;
+    if (ec) {
+      // Out of descriptors, most likely: wait rather than spin.
+      Log(LogLevel::kWarn, "accept failed", {{"error", ec.message()}});
+      backoff.expires_after(std::chrono::milliseconds(100));
+      co_await backoff.async_wait(as_tuple(use_awaitable));
+      continue;
+    }
+    socket.set_option(tcp::no_delay(true), ec);
+    auto ex = socket.get_executor();
+    SpawnLogged(ex, Session(std::move(socket)), "http session");
+  }
+}
+
+asio::awaitable<void> Server::Session(tcp::socket socket) {
+  beast::tcp_stream stream(std::move(socket));
+  beast::flat_buffer buffer;
+  auto send = [&](Response& res) -> asio::awaitable<bool> {
+    stream.expires_after(options_.write_timeout);
+    auto [ec, n] = co_await http::async_write(stream, res, as_tuple(use_awaitable));
+    co_return !ec;
+  };
+  auto refuse = [&](Response res) -> asio::awaitable<void> {
+    res.keep_alive(false);
+    co_await send(res);
+    boost::system::error_code ignored;
+    stream.socket().shutdown(tcp::socket::shutdown_send, ignored);
+  };
+
+  for (;;) {
+    if (draining()) co_return;
+    // Idle: a kept-alive connection waits for the first byte of its next request.
+    if (buffer.size() == 0) {
+      stream.expires_after(options_.idle_timeout);
+      auto [ec, n] = co_await stream.async_read_some(buffer.prepare(4096), as_tuple(use_awaitable));
+      if (ec) co_return;
+      buffer.commit(n);
+    }
+
+    http::request_parser<http::string_body> parser;
+    parser.header_limit(static_cast<std::uint32_t>(options_.max_header));
+    parser.body_limit(options_.max_body);
+    stream.expires_after(options_.header_timeout);
+    auto [hec, hn] = co_await http::async_read_header(stream, buffer, parser, as_tuple(use_awaitable));
+    if (hec) {
+      if (auto res = RefusalFor(hec)) co_await refuse(std::move(*res));
+      co_return;
+    }
+    busy_.fetch_add(1);
+    struct Idle {
+      std::atomic<int>& busy;
+      ~Idle() { busy.fetch_sub(1); }
+    } idle{busy_};
+
+    if (ExpectsContinue(parser.get()) && !parser.is_done()) {
+      if (auto res = handler_.Precheck(parser.get())) {
+        co_await refuse(std::move(*res));
+        co_return;
+      }
+      static constexpr std::string_view kContinue = "HTTP/1.1 100 Continue\r\n\r\n";
+      stream.expires_after(options_.write_timeout);
+      auto [ec, n] = co_await asio::async_write(stream, asio::buffer(kContinue), as_tuple(use_awaitable));
+      if (ec) co_return;
+    }
+
+    // The body deadline grows with what has arrived: slow but steady uploads go on, a
+    // trickle runs out of time.
+    const auto started = std::chrono::steady_clock::now();
+    while (!parser.is_done()) {
+      size_t received = parser.get().body().size();
+      auto allowance = options_.body_grace + std::chrono::milliseconds(received * 1000 / options_.body_min_rate);
+      stream.expires_at(started + allowance);
+      auto [ec, n] = co_await http::async_read_some(stream, buffer, parser, as_tuple(use_awaitable));
+      if (ec) {
+        if (auto res = RefusalFor(ec)) co_await refuse(std::move(*res));
+        co_return;
+      }
+    }
+
+    Request req = parser.release();
+    Response res;
+    bool failed = false;
+    try {
+      res = co_await handler_.Handle(req);
+    } catch (const std::exception& e) {
+      Log(LogLevel::kError, "request handler failed", {{"error", e.what()}, {"target", std::string(req.target())}});
+      failed = true;
+    }
+    if (failed) {
+      co_await refuse(ErrorResponse(500, "internal", "The server failed to answer this request."));
+      co_return;
+    }
+    res.version(req.version());
+    res.keep_alive(req.keep_alive() && !draining() && res.keep_alive());
+    if (!co_await send(res)) co_return;
+    if (!res.keep_alive()) {
+      boost::system::error_code ignored;
+      stream.socket().shutdown(tcp::socket::shutdown_send, ignored);
+      co_return;
+    }
+  }
+}
+
+asio::awaitable<void> Server::Drain(std::chrono::milliseconds timeout) {
+  draining_.store(true);
+  // The acceptor lives on its own strand; close it there, never beside a pending accept.
+  asio::dispatch(acceptor_.get_executor(), [this] {
+    boost::system::error_code ignored;
+    acceptor_.close(ignored);
+  });
+  asio::steady_timer timer(co_await asio::this_coro::executor);
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  while (busy_.load() > 0 && std::chrono::steady_clock::now() < deadline) {
+    timer.expires_after(std::chrono::milliseconds(10));
+    co_await timer.async_wait(as_tuple(use_awaitable));
+  }
+}
+
+}  // namespace flowd::net

@@ -1,0 +1,77 @@
+// The HTTP/1.1 server: an accept loop and one coroutine per connection, on the
+// io_context that main runs (on one or more threads; each connection on its own strand).
+//
+// A connection owns its socket and one read buffer; each request gets a fresh parser
+// with explicit header and body limits. Deadlines, all in ServerOptions:
+//   idle    waiting for the first byte of the next request on a kept-alive connection;
+//   header  from that first byte to the end of the head;
+//   body    body_grace plus the time the body takes at body_min_rate, so an upload that
+//           keeps moving is never cut off while a trickle is;
+//   write   each response.
+// Refusals the transport can decide alone (413 over --max-body, 431 over the head limit,
+// 400 malformed framing) get the JSON error shape and close the connection.
+//
+// The Handler (the REST layer) is borrowed and must outlive the Server.
+#pragma once
+
+#include <boost/asio/awaitable.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/ip/tcp.hpp>
+
+#include <atomic>
+#include <chrono>
+#include <optional>
+
+#include "net/http_message.h"
+
+namespace flowd::net {
+
+struct ServerOptions {
+  size_t max_body = 1 << 20;     // --max-body
+  size_t max_header = 16 << 10;  // request line and headers together
+  std::chrono::milliseconds idle_timeout{30'000};
+  std::chrono::milliseconds header_timeout{10'000};
+  std::chrono::milliseconds body_grace{10'000};
+  size_t body_min_rate = 8 << 10;  // bytes per second
+  std::chrono::milliseconds write_timeout{10'000};
+};
+
+class Handler {
+ public:
+  virtual ~Handler() = default;
+  // Called before answering `Expect: 100-continue`: a response refuses the request
+  // without reading its body (the connection then closes).
+  virtual std::optional<Response> Precheck(const Request& head) = 0;
+  // Answers one request. Runs on the connection's strand. An escaped exception becomes
+  // a 500 and closes the connection.
+  virtual boost::asio::awaitable<Response> Handle(Request& req) = 0;
+};
+
+class Server {
+ public:
+  Server(boost::asio::io_context& ioc, Handler& handler, const ServerOptions& options);
+
+  // Binds and listens; false with `error` filled on failure.
+  bool Listen(const boost::asio::ip::tcp::endpoint& at, std::string* error);
+  boost::asio::ip::tcp::endpoint local_endpoint() const { return acceptor_.local_endpoint(); }
+  void Start();
+
+  // Stops accepting, lets requests in flight finish for up to `timeout`, and closes
+  // idle connections as they come back to wait.
+  boost::asio::awaitable<void> Drain(std::chrono::milliseconds timeout);
+
+  bool draining() const { return draining_.load(std::memory_order_relaxed); }
+
+ private:
+  boost::asio::awaitable<void> AcceptLoop();
+  boost::asio::awaitable<void> Session(boost::asio::ip::tcp::socket socket);
+
+  boost::asio::io_context& ioc_;
+  Handler& handler_;
+  ServerOptions options_;
+  boost::asio::ip::tcp::acceptor acceptor_;
+  std::atomic<bool> draining_{false};
+  std::atomic<int> busy_{0};  // connections with a request between head and response
+};
+
+}  // namespace flowd::net

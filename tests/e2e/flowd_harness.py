@@ -1,0 +1,532 @@
+"""Reusable helpers for flowd's end-to-end tests.
+
+What this module gives the test scripts:
+
+- `Server`: the real `flowd serve` as a child process on 127.0.0.1, port 0, with its stderr
+  drained in a thread (so the pipe never fills) and kept for the report.
+- `create_key`: the offline `flowd keys create` bootstrap (server stopped).
+- `Client` / `KeepAliveClient`: thin http.client wrappers that return
+  `(status, headers_lowercase, json_or_bytes)`.
+- `raw` / `RawConn` / `split_responses`: a socket client that sends exactly the bytes given and a
+  parser that splits what came back into responses (Content-Length or chunked; 1xx, 204 and 304
+  have no body). This is the "raw-socket helper" of shared/cases/README.md.
+- `poll_run`, `load_flow`: run polling and fixture loading.
+
+Only the Python standard library is used, and only 127.0.0.1 is ever contacted.
+"""
+
+import http.client
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+
+HOST = "127.0.0.1"
+KEY_RE = re.compile(r"^fk_[0-9A-Za-z]{38,}$")
+TIME_RE = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$")
+UUID4_RE = re.compile(
+    r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$", re.IGNORECASE)
+_LISTEN_RE = re.compile(r"listening on 127\.0\.0\.1:(\d+)")
+
+
+# --------------------------------------------------------------------------- server process
+
+class Server:
+    """`flowd serve --listen 127.0.0.1:0 --data DIR` as a child process.
+
+    With `data_dir=None` a temporary directory is created and removed by `close()`.
+    """
+
+    def __init__(self, bin_path, data_dir=None, extra_args=(), env=None, start_timeout=20.0):
+        self.bin_path = bin_path
+        self._tmp = None
+        if data_dir is None:
+            self._tmp = tempfile.TemporaryDirectory(prefix="flowd-e2e-")
+            data_dir = self._tmp.name
+        self.data_dir = data_dir
+        self.port = None
+        self._lines = []
+        self._lock = threading.Lock()
+        self._port_found = threading.Event()
+
+        # FLOWD_* settings from the caller's shell would change the server under test: drop
+        # them unless passed explicitly in `env`.
+        full_env = {k: v for k, v in os.environ.items() if not k.startswith("FLOWD_")}
+        if env:
+            full_env.update(env)
+        argv = [bin_path, "serve", "--listen", f"{HOST}:0", "--data", data_dir, *extra_args]
+        self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.PIPE, env=full_env)
+        self._drain = threading.Thread(target=self._drain_stderr, daemon=True)
+        self._drain.start()
+
+        self._port_found.wait(start_timeout)
+        if self.port is None:
+            self._force_stop()
+            self._drain.join(2.0)
+            if self._tmp is not None:
+                self._tmp.cleanup()
+            raise RuntimeError(
+                f"flowd did not print 'listening on {HOST}:<port>' within {start_timeout:.0f} s "
+                f"(exit code {self.proc.returncode}); stderr:\n{self.stderr_text()}")
+
+    def _drain_stderr(self):
+        for raw_line in self.proc.stderr:
+            line = raw_line.decode("utf-8", "replace").rstrip("\r\n")
+            with self._lock:
+                self._lines.append(line)
+            if self.port is None:
+                m = _LISTEN_RE.search(line)
+                if m:
+                    self.port = int(m.group(1))
+                    self._port_found.set()
+        self._port_found.set()  # EOF: the process is gone, stop waiting for the port
+
+    def stderr_text(self):
+        with self._lock:
+            return "\n".join(self._lines)
+
+    def stderr_tail(self, n=20):
+        with self._lock:
+            return "\n".join(self._lines[-n:])
+
+    def alive(self):
+        return self.proc.poll() is None
+
+    @property
+    def returncode(self):
+        return self.proc.poll()
+
+    def kill9(self):
+        """SIGKILL and reap; returns the exit status (negative signal number)."""
+        if self.proc.poll() is None:
+            try:
+                self.proc.send_signal(signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        return self.proc.wait(10)
+
+    def terminate(self, timeout=15.0):
+        """SIGTERM, wait up to `timeout` s (then SIGKILL); returns the exit code."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                return self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+                raise RuntimeError(f"flowd did not exit within {timeout:.0f} s of SIGTERM")
+        return self.proc.returncode
+
+    def _force_stop(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            pass
+
+    def close(self):
+        """Stop the process (SIGTERM, then SIGKILL after 5 s) and remove an owned data dir."""
+        if self.proc.poll() is None:
+            try:
+                self.terminate(timeout=5.0)
+            except RuntimeError:
+                pass
+        self._drain.join(2.0)
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+        return False
+
+
+def create_key(bin_path, data_dir, account="a", name="test", timeout=20.0):
+    """Offline `flowd keys create`; returns the key (last non-empty stdout line)."""
+    argv = [bin_path, "keys", "create", "--data", data_dir, "--account", account, "--name", name]
+    res = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout)
+    if res.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv)} exited {res.returncode}: "
+                           f"{res.stderr.decode('utf-8', 'replace').strip()}")
+    lines = [ln.strip() for ln in res.stdout.decode("utf-8", "replace").splitlines() if ln.strip()]
+    if not lines:
+        raise RuntimeError(f"{' '.join(argv)} printed nothing on stdout")
+    return lines[-1]
+
+
+# --------------------------------------------------------------------------- HTTP clients
+
+def _encode_body(body, headers):
+    """dict/list -> JSON (with a JSON Content-Type unless given); str/bytes are sent raw."""
+    if body is None:
+        return None
+    if isinstance(body, (dict, list)):
+        if not any(k.lower() == "content-type" for k in headers):
+            headers["Content-Type"] = "application/json"
+        return json.dumps(body).encode("utf-8")
+    if isinstance(body, str):
+        body = body.encode("utf-8")
+    if not any(k.lower() == "content-type" for k in headers):
+        headers["Content-Type"] = "application/json"
+    return body
+
+
+def _decode_body(data):
+    if not data:
+        return data
+    try:
+        return json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        return data
+
+
+def _lower_headers(msg):
+    out = {}
+    for k, v in msg.items():
+        k = k.lower()
+        out[k] = f"{out[k]}, {v}" if k in out else v
+    return out
+
+
+class Client:
+    """One new connection per request. `key=None` sends no Authorization header.
+
+    Pass `Authorization` (any case) in `headers` to override the default `Bearer <key>`.
+    """
+
+    def __init__(self, port, key=None, timeout=10.0):
+        self.port = port
+        self.key = key
+        self.timeout = timeout
+
+    def _headers(self, headers):
+        hdrs = dict(headers or {})
+        if self.key is not None and not any(k.lower() == "authorization" for k in hdrs):
+            hdrs["Authorization"] = f"Bearer {self.key}"
+        return hdrs
+
+    def request(self, method, path, body=None, headers=None):
+        hdrs = self._headers(headers)
+        data = _encode_body(body, hdrs)
+        conn = http.client.HTTPConnection(HOST, self.port, timeout=self.timeout)
+        try:
+            conn.request(method, path, body=data, headers=hdrs)
+            resp = conn.getresponse()
+            payload = resp.read()
+            return resp.status, _lower_headers(resp.headers), _decode_body(payload)
+        finally:
+            conn.close()
+
+    def get(self, path, **kw):
+        return self.request("GET", path, **kw)
+
+    def post(self, path, body=None, **kw):
+        return self.request("POST", path, body=body, **kw)
+
+    def put(self, path, body=None, **kw):
+        return self.request("PUT", path, body=body, **kw)
+
+    def delete(self, path, **kw):
+        return self.request("DELETE", path, **kw)
+
+
+class KeepAliveClient(Client):
+    """Reuses one connection. `last_local_port` identifies the socket used by the last request,
+    so a test can prove two requests went over the same connection."""
+
+    def __init__(self, port, key=None, timeout=10.0):
+        super().__init__(port, key, timeout)
+        self.conn = http.client.HTTPConnection(HOST, port, timeout=timeout)
+        self.last_local_port = None
+
+    def request(self, method, path, body=None, headers=None):
+        hdrs = self._headers(headers)
+        data = _encode_body(body, hdrs)
+        self.conn.request(method, path, body=data, headers=hdrs)
+        self.last_local_port = self.conn.sock.getsockname()[1]
+        resp = self.conn.getresponse()
+        payload = resp.read()
+        return resp.status, _lower_headers(resp.headers), _decode_body(payload)
+
+    def close(self):
+        self.conn.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+        return False
+
+
+# --------------------------------------------------------------------------- raw sockets
+
+class RawConn:
+    """A TCP connection that sends exact bytes; a reader thread collects everything the server
+    sends until it closes (EOF or reset), so large writes never deadlock against large replies."""
+
+    def __init__(self, port, connect_timeout=5.0):
+        self.sock = socket.create_connection((HOST, port), timeout=connect_timeout)
+        self.sock.settimeout(None)
+        self.t0 = time.monotonic()
+        self._buf = bytearray()
+        self._cond = threading.Condition()
+        self.closed = False          # the server closed (EOF) or reset the connection
+        self.reset = False           # it was a reset
+        self.closed_at = None        # seconds since connect
+        self.first_byte_at = None
+        self.send_error = None
+        self._reader = threading.Thread(target=self._read_loop, daemon=True)
+        self._reader.start()
+
+    def _read_loop(self):
+        while True:
+            try:
+                chunk = self.sock.recv(65536)
+            except OSError as e:
+                with self._cond:
+                    self.reset = isinstance(e, ConnectionResetError)
+                    self._mark_closed()
+                return
+            with self._cond:
+                if not chunk:
+                    self._mark_closed()
+                    return
+                if self.first_byte_at is None:
+                    self.first_byte_at = time.monotonic() - self.t0
+                self._buf += chunk
+                self._cond.notify_all()
+
+    def _mark_closed(self):
+        self.closed = True
+        self.closed_at = time.monotonic() - self.t0
+        self._cond.notify_all()
+
+    def elapsed(self):
+        return time.monotonic() - self.t0
+
+    def data(self):
+        with self._cond:
+            return bytes(self._buf)
+
+    def send(self, data):
+        """Send bytes; returns False (and records the error) if the server already closed."""
+        if isinstance(data, str):
+            data = data.encode("utf-8")
+        try:
+            self.sock.sendall(data)
+            return True
+        except OSError as e:
+            self.send_error = e
+            return False
+
+    def shut_wr(self):
+        try:
+            self.sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+
+    def wait_for(self, predicate, timeout):
+        """Wait until predicate(data) is true or the server closes; returns predicate's value."""
+        end = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                ok = predicate(bytes(self._buf))
+                if ok or self.closed:
+                    return ok
+                left = end - time.monotonic()
+                if left <= 0:
+                    return ok
+                self._cond.wait(left)
+
+    def wait_responses(self, n, timeout):
+        """Wait for n complete final (non-1xx) responses; returns the parsed list."""
+        self.wait_for(lambda d: len(final_responses(split_responses(d))) >= n, timeout)
+        return split_responses(self.data())
+
+    def wait_close(self, timeout):
+        self.wait_for(lambda d: False, timeout)
+        return self.closed
+
+    def close(self):
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)  # wakes the reader's blocking recv
+        except OSError:
+            pass
+        self._reader.join(1.0)
+        self.sock.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+        return False
+
+
+def raw(port, data_pieces, pause=0, shut_wr=False, deadline=3.0, stop_after=None, linger=0.5):
+    """Send bytes exactly as given and read until the server closes or `deadline` passes.
+
+    `data_pieces` is bytes/str (one write) or a list of pieces written in turn with `pause`
+    seconds between them; a number in the list means "sleep that many seconds" there.
+    With `stop_after=N`, reading also ends `linger` seconds after N final responses arrived
+    (sooner if the server closes), which keeps keep-alive cases fast.
+
+    Returns `(bytes_read, server_closed, elapsed)`; elapsed is when the server closed, else when
+    reading stopped. The deadline counts from the connect.
+    """
+    if isinstance(data_pieces, (bytes, bytearray, str)):
+        data_pieces = [data_pieces]
+    with RawConn(port) as c:
+        first = True
+        for piece in data_pieces:
+            if isinstance(piece, (int, float)):
+                time.sleep(piece)
+                continue
+            if not first and pause:
+                time.sleep(pause)
+            first = False
+            if not c.send(piece):
+                break
+        if shut_wr:
+            c.shut_wr()
+        left = max(0.0, deadline - c.elapsed())
+        if stop_after is None:
+            c.wait_close(left)
+        else:
+            c.wait_responses(stop_after, left)
+            if not c.closed:
+                c.wait_close(min(linger, max(0.0, deadline - c.elapsed())))
+        data = c.data()
+        elapsed = c.closed_at if c.closed else c.elapsed()
+        return data, c.closed, elapsed
+
+
+def _parse_head(block):
+    lines = block.decode("latin-1").split("\r\n")
+    parts = lines[0].split(" ", 2)
+    if len(parts) < 2 or not parts[0].startswith("HTTP/") or not parts[1].isdigit():
+        raise ValueError(f"bad status line: {lines[0]!r}")
+    headers = {}
+    for line in lines[1:]:
+        if not line:
+            continue
+        name, _, value = line.partition(":")
+        name = name.strip().lower()
+        value = value.strip()
+        headers[name] = f"{headers[name]}, {value}" if name in headers else value
+    return int(parts[1]), headers
+
+
+def _read_chunked(data, pos):
+    """Returns (body, end_pos) or None if the chunked body is incomplete."""
+    body = bytearray()
+    while True:
+        eol = data.find(b"\r\n", pos)
+        if eol < 0:
+            return None
+        size = int(data[pos:eol].split(b";")[0].strip() or b"0", 16)
+        pos = eol + 2
+        if size == 0:
+            # Trailer section: header lines up to an empty line.
+            while True:
+                eol = data.find(b"\r\n", pos)
+                if eol < 0:
+                    return None
+                line_empty = eol == pos
+                pos = eol + 2
+                if line_empty:
+                    return bytes(body), pos
+        if len(data) < pos + size + 2:
+            return None
+        body += data[pos:pos + size]
+        pos += size + 2
+
+
+def split_responses(raw_bytes, with_rest=False):
+    """Parse raw bytes into [(status, headers_lowercase, body_bytes)].
+
+    A trailing incomplete response is left out (returned as `rest` with `with_rest=True`).
+    A response with neither Content-Length nor chunked framing runs to the end of the data.
+    """
+    data = bytes(raw_bytes)
+    out = []
+    pos = 0
+    while pos < len(data):
+        head_end = data.find(b"\r\n\r\n", pos)
+        if head_end < 0:
+            break
+        status, headers = _parse_head(data[pos:head_end])
+        body_start = head_end + 4
+        if 100 <= status < 200 or status in (204, 304):
+            out.append((status, headers, b""))
+            pos = body_start
+            continue
+        if "chunked" in headers.get("transfer-encoding", "").lower():
+            parsed = _read_chunked(data, body_start)
+            if parsed is None:
+                break
+            body, pos = parsed
+        elif "content-length" in headers:
+            n = int(headers["content-length"])
+            if len(data) < body_start + n:
+                break
+            body = data[body_start:body_start + n]
+            pos = body_start + n
+        else:
+            body = data[body_start:]
+            pos = len(data)
+        out.append((status, headers, body))
+    return (out, data[pos:]) if with_rest else out
+
+
+def final_responses(responses):
+    return [r for r in responses if not 100 <= r[0] < 200]
+
+
+# --------------------------------------------------------------------------- runs and fixtures
+
+def poll_run(client, flow_id, run_id, timeout=10.0, interval=0.05):
+    """GET the run until its status is no longer "pending"; returns the run object."""
+    end = time.monotonic() + timeout
+    path = f"/v1/flow/{flow_id}/run/{run_id}"
+    while True:
+        status, _, body = client.get(path)
+        if status != 200 or not isinstance(body, dict):
+            raise AssertionError(f"GET {path} -> {status} {body!r:.300}")
+        if body.get("status") != "pending":
+            return body
+        if time.monotonic() > end:
+            raise AssertionError(f"run {run_id} still pending after {timeout:.0f} s: {body!r:.300}")
+        time.sleep(interval)
+
+
+def shared_dir():
+    """FLOWD_SHARED if set, else <repo>/../shared with repo two directories above this file."""
+    env = os.environ.get("FLOWD_SHARED")
+    if env:
+        path = env
+    else:
+        repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        path = os.path.join(os.path.dirname(repo), "shared")
+    if not os.path.isdir(os.path.join(path, "cases", "flows")):
+        raise FileNotFoundError(
+            f"shared folder with cases/flows/ not found at {path!r} (set FLOWD_SHARED)")
+    return path
+
+
+def load_flow(name):
+    """The fixture flow shared/cases/flows/<name>.json, parsed."""
+    path = os.path.join(shared_dir(), "cases", "flows", f"{name}.json")
+    with open(path, "rb") as f:
+        return json.loads(f.read().decode("utf-8"))
