@@ -149,7 +149,7 @@ asio::awaitable<Response> Routes::Handle(Request& req) {
   const auto& p = call.parts;
   if (p.empty()) co_return NotFound();
   if (p[0] == "keys") co_return co_await Keys(call);
-  if (p[0] == "flow" && p.size() >= 3 && p[2] == "run") co_return co_await Runs(call);
+  if (p[0] == "flow" && p.size() >= 3 && (p[2] == "run" || p[2] == "runs")) co_return co_await Runs(call);
   if (p[0] == "flow") co_return co_await Flows(call);
   co_return NotFound();
 }
@@ -271,6 +271,39 @@ asio::awaitable<Response> Routes::Runs(Call& c) {
   const auto method = c.req.method();
   if (!IsUuid(p[1])) co_return NotFound();
   std::string flow_id(p[1]);
+  if (p[2] == "runs") {
+    if (p.size() != 3) co_return NotFound();
+    if (method != http::verb::get) co_return MethodNotAllowed("GET");
+    size_t limit = 20;
+    if (std::string_view v = QueryParam(c.query, "limit"); !v.empty()) {
+      auto [end, ec] = std::from_chars(v.data(), v.data() + v.size(), limit);
+      if (ec != std::errc() || end != v.data() + v.size() || limit < 1 || limit > 100) {
+        co_return ErrorResponse(400, "invalid_query", "limit must be an integer from 1 to 100.");
+      }
+    }
+    std::optional<flow::RunStatus> status;
+    if (std::string_view v = QueryParam(c.query, "status"); !v.empty()) {
+      for (auto s : {flow::RunStatus::kPending, flow::RunStatus::kComplete, flow::RunStatus::kFailed,
+                     flow::RunStatus::kCanceled}) {
+        if (flow::StatusName(s) == v) status = s;
+      }
+      if (!status) co_return ErrorResponse(400, "invalid_query", "status must be pending, complete, failed or canceled.");
+    }
+    std::string_view cursor = QueryParam(c.query, "cursor");
+    if (cursor.size() > 64 || cursor.find_first_not_of("0123456789abcdef-/") != std::string_view::npos) {
+      co_return ErrorResponse(400, "invalid_query", "cursor is not one this server issued.");
+    }
+    if (!co_await catalog_.Get(c.caller->account, flow_id)) co_return NotFound();
+    auto page = co_await engine_.List(flow_id, status, limit, std::string(cursor));
+    std::string out;
+    JsonWriter w(out);
+    w.BeginObject().Key("runs").BeginArray();
+    for (const auto& r : page.runs) w.Raw(r);
+    w.EndArray().Key("next_cursor");
+    page.next_cursor.empty() ? w.Null() : w.String(page.next_cursor);
+    w.EndObject();
+    co_return JsonResponse(200, std::move(out));
+  }
   if (p.size() == 4) {
     if (p[3].empty()) co_return NotFound();
     if (method != http::verb::get) co_return MethodNotAllowed("GET");

@@ -34,6 +34,7 @@ asio::awaitable<std::optional<Error>> Engine::Start(SavedFlow saved, RunRecord& 
   store::Batch batch;
   batch.Put(Cf::kRuns, rec.run_id, EncodeRecord(rec));
   batch.Put(Cf::kPendingRuns, rec.run_id, "");
+  batch.Put(Cf::kRunsByFlow, store::RunsByFlowKey(rec.flow_id, rec.created_at, rec.run_id), "");
   auto status = co_await store_.AsyncWrite(std::move(batch), asio::use_awaitable);
   if (!status.ok()) {
     live_.fetch_sub(1);
@@ -110,6 +111,49 @@ asio::awaitable<std::optional<std::string>> Engine::Find(std::string account, st
   RunRecord rec;
   if (!DecodeRecord(json, rec) || rec.account != account || rec.flow_id != flow_id) co_return std::nullopt;
   co_return RenderRun(rec);
+}
+
+asio::awaitable<Engine::Page> Engine::List(std::string flow_id,
+                                           std::optional<RunStatus> status, size_t limit, std::string cursor) {
+  Page page;
+  const std::string prefix = store::RunsByFlowPrefix(flow_id);
+  std::string after = cursor.empty() ? "" : prefix + cursor;
+  // A status filter may skip rows: keep reading until the page is full or the flow ends.
+  for (int rounds = 0; page.runs.size() < limit && rounds < 50; ++rounds) {
+    const size_t want = limit - page.runs.size();
+    auto rows = co_await store_.AsyncScan(Cf::kRunsByFlow, prefix, after, want, asio::use_awaitable);
+    if (rows.empty()) {
+      after.clear();
+      break;
+    }
+    std::vector<std::string> ids;
+    for (const auto& row : rows) ids.push_back(row.key.substr(row.key.rfind('/') + 1));
+    auto records = co_await store_.AsyncMultiGet(Cf::kRuns, ids, asio::use_awaitable);
+    for (size_t i = 0; i < rows.size(); ++i) {
+      after = rows[i].key;
+      // A live run's table entry is fresher than its stored record.
+      std::optional<std::string> shown;
+      std::optional<RunStatus> live_status;
+      table_.Read(ids[i], [&](const RunTable::Entry& e) {
+        shown = e.Render();
+        live_status = e.status.load(std::memory_order_acquire);
+      });
+      RunRecord rec;
+      if (!shown) {
+        if (!records[i] || !DecodeRecord(*records[i], rec)) continue;
+        live_status = rec.status;
+        shown = RenderRun(rec);
+      }
+      if (status && live_status != *status) continue;
+      page.runs.push_back(std::move(*shown));
+    }
+    if (rows.size() < want) {
+      after.clear();
+      break;
+    }
+  }
+  if (!after.empty()) page.next_cursor = after.substr(prefix.size());
+  co_return page;
 }
 
 size_t Engine::Resume() {

@@ -46,6 +46,15 @@ class Engine {
   boost::asio::awaitable<std::optional<std::string>> Find(std::string account, std::string flow_id,
                                                           std::string run_id);
 
+  struct Page {
+    std::vector<std::string> runs;  // public run objects, newest first
+    std::string next_cursor;        // "" at the end
+  };
+  // One page of a flow's runs. The caller checks that the flow is the caller's: a flow id
+  // never changes owner, so its runs are all its owner's. `status`: nullopt for all.
+  boost::asio::awaitable<Page> List(std::string flow_id, std::optional<RunStatus> status,
+                                    size_t limit, std::string cursor);
+
   // Start-up, before serving (blocking store reads): restarts every run left pending.
   size_t Resume();
 

@@ -25,6 +25,9 @@ using asio::use_awaitable;
 
 namespace {
 
+constexpr size_t kReadSize = 64 << 10;
+constexpr size_t kMaxChunkExtensions = 1024;
+
 // The refusal for a request the transport could not read, or nothing when the peer is
 // simply gone (closed, reset, timed out).
 std::optional<Response> RefusalFor(const boost::system::error_code& ec) {
@@ -84,7 +87,11 @@ asio::awaitable<void> Server::AcceptLoop() {
 
 asio::awaitable<void> Server::Session(tcp::socket socket) {
   beast::tcp_stream stream(std::move(socket));
-  beast::flat_buffer buffer;
+  // One buffer per connection. Nothing but the head (and a body's framing: chunk lines,
+  // trailers) ever sits in it unparsed, so it never needs to hold more than the head limit
+  // plus one read.
+  const size_t max_buffered = options_.max_header + kReadSize;
+  beast::flat_buffer buffer(max_buffered);
   auto send = [&](Response& res) -> asio::awaitable<bool> {
     stream.expires_after(options_.write_timeout);
     auto [ec, n] = co_await http::async_write(stream, res, as_tuple(use_awaitable));
@@ -96,13 +103,17 @@ asio::awaitable<void> Server::Session(tcp::socket socket) {
     boost::system::error_code ignored;
     stream.socket().shutdown(tcp::socket::shutdown_send, ignored);
   };
+  // Chunk extensions are framing, not data: a flood of them is refused like a huge head.
+  auto on_chunk = [](std::uint64_t, std::string_view extensions, boost::system::error_code& ec) {
+    if (extensions.size() > kMaxChunkExtensions) ec = http::error::header_limit;
+  };
 
   for (;;) {
     if (draining()) co_return;
     // Idle: a kept-alive connection waits for the first byte of its next request.
     if (buffer.size() == 0) {
       stream.expires_after(options_.idle_timeout);
-      auto [ec, n] = co_await stream.async_read_some(buffer.prepare(4096), as_tuple(use_awaitable));
+      auto [ec, n] = co_await stream.async_read_some(buffer.prepare(kReadSize), as_tuple(use_awaitable));
       if (ec) co_return;
       buffer.commit(n);
     }
@@ -110,8 +121,42 @@ asio::awaitable<void> Server::Session(tcp::socket socket) {
     http::request_parser<http::string_body> parser;
     parser.header_limit(static_cast<std::uint32_t>(options_.max_header));
     parser.body_limit(options_.max_body);
-    stream.expires_after(options_.header_timeout);
-    auto [hec, hn] = co_await http::async_read_header(stream, buffer, parser, as_tuple(use_awaitable));
+    parser.on_chunk_header(on_chunk);
+
+    // Feeds the parser from the buffer, reading more as needed, until `done()`. Parsing runs
+    // here, inside the coroutine, so anything the parser throws is caught and answered.
+    const auto head_deadline = std::chrono::steady_clock::now() + options_.header_timeout;
+    auto pump = [&](auto deadline, auto done) -> asio::awaitable<boost::system::error_code> {
+      for (;;) {
+        if (done()) co_return boost::system::error_code{};
+        boost::system::error_code ec;
+        size_t used = 0;
+        if (buffer.size() > 0) {
+          try {
+            used = parser.put(buffer.data(), ec);
+          } catch (const std::length_error&) {
+            ec = http::error::header_limit;  // a field longer than Beast can hold
+          } catch (const std::exception&) {
+            ec = http::error::bad_field;
+          }
+          buffer.consume(used);
+          if (ec && ec != http::error::need_more) co_return ec;
+          if (used > 0) continue;
+        }
+        if (buffer.size() >= max_buffered) co_return boost::system::error_code(http::error::header_limit);
+        stream.expires_at(deadline());
+        auto [rec, n] = co_await stream.async_read_some(
+            buffer.prepare(std::min(kReadSize, max_buffered - buffer.size())), as_tuple(use_awaitable));
+        if (rec == asio::error::eof) {
+          parser.put_eof(ec);
+          co_return ec ? ec : (done() ? boost::system::error_code{} : rec);
+        }
+        if (rec) co_return rec;
+        buffer.commit(n);
+      }
+    };
+
+    auto hec = co_await pump([&] { return head_deadline; }, [&] { return parser.is_header_done(); });
     if (hec) {
       if (auto res = RefusalFor(hec)) co_await refuse(std::move(*res));
       co_return;
@@ -135,16 +180,18 @@ asio::awaitable<void> Server::Session(tcp::socket socket) {
 
     // The body deadline grows with what has arrived: slow but steady uploads go on, a
     // trickle runs out of time.
-    const auto started = std::chrono::steady_clock::now();
-    while (!parser.is_done()) {
-      size_t received = parser.get().body().size();
-      auto allowance = options_.body_grace + std::chrono::milliseconds(received * 1000 / options_.body_min_rate);
-      stream.expires_at(started + allowance);
-      auto [ec, n] = co_await http::async_read_some(stream, buffer, parser, as_tuple(use_awaitable));
-      if (ec) {
-        if (auto res = RefusalFor(ec)) co_await refuse(std::move(*res));
-        co_return;
-      }
+    const auto body_started = std::chrono::steady_clock::now();
+    parser.eager(true);
+    auto bec = co_await pump(
+        [&] {
+          size_t received = parser.get().body().size();
+          return body_started + options_.body_grace +
+                 std::chrono::milliseconds(received * 1000 / options_.body_min_rate);
+        },
+        [&] { return parser.is_done(); });
+    if (bec) {
+      if (auto res = RefusalFor(bec)) co_await refuse(std::move(*res));
+      co_return;
     }
 
     Request req = parser.release();

@@ -15,10 +15,11 @@ enum class Cf : uint8_t {
   kFlowHeads,    // flow_id -> owner, latest version, deleted flag
   kRuns,         // run_id -> run record
   kPendingRuns,  // run_id -> "" for every accepted run not yet ended: the restart index
+  kRunsByFlow,   // RunsByFlowKey(flow_id, created_at, run_id) -> "": listing, newest first
   kCount
 };
 
-inline constexpr const char* kCfNames[] = {"keys", "flows", "flow_heads", "runs", "pending_runs"};
+inline constexpr const char* kCfNames[] = {"keys", "flows", "flow_heads", "runs", "pending_runs", "runs_by_flow"};
 inline constexpr size_t kCfCount = static_cast<size_t>(Cf::kCount);
 static_assert(sizeof(kCfNames) / sizeof(kCfNames[0]) == static_cast<size_t>(Cf::kCount));
 
@@ -37,6 +38,25 @@ inline std::string FlowVersionKey(std::string_view flow_id, uint32_t version) {
   std::string k(flow_id);
   k += '/';
   PutBigEndian32(k, version);
+  return k;
+}
+
+// flow_id + '/' + 16 hex digits of the inverted creation time + '/' + run_id, so that a
+// forward scan of one flow's prefix yields its newest runs first. The part after the
+// prefix doubles as the listing cursor.
+inline std::string RunsByFlowPrefix(std::string_view flow_id) {
+  std::string k(flow_id);
+  k += '/';
+  return k;
+}
+
+inline std::string RunsByFlowKey(std::string_view flow_id, int64_t created_at_ms, std::string_view run_id) {
+  static constexpr char kHex[] = "0123456789abcdef";
+  std::string k = RunsByFlowPrefix(flow_id);
+  uint64_t inverted = ~static_cast<uint64_t>(created_at_ms);
+  for (int shift = 60; shift >= 0; shift -= 4) k += kHex[(inverted >> shift) & 15];
+  k += '/';
+  k += run_id;
   return k;
 }
 

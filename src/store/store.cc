@@ -162,6 +162,7 @@ void Store::WriterLoop() {
       db_->Resume();
     }
     healthy_.store(s.ok(), std::memory_order_relaxed);
+    groups_.fetch_add(1, std::memory_order_relaxed);
     for (auto& p : group) std::move(p.done)(s);
     group.clear();
   }

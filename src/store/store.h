@@ -132,6 +132,27 @@ class Store {
         token, std::move(key));
   }
 
+  // Reads several keys at once on the reader pool; a missing key yields nullopt.
+  template <typename Token>
+  auto AsyncMultiGet(Cf cf, std::vector<std::string> keys, Token&& token) {
+    using Result = std::vector<std::optional<std::string>>;
+    return boost::asio::async_initiate<Token, void(Result)>(
+        [this, cf](auto handler, std::vector<std::string> ks) {
+          auto ex = boost::asio::get_associated_executor(handler, pool_.get_executor());
+          boost::asio::post(pool_, [this, cf, ks = std::move(ks), h = std::move(handler), ex]() mutable {
+            Result values(ks.size());
+            for (size_t i = 0; i < ks.size(); ++i) {
+              std::string v;
+              if (GetSync(cf, ks[i], &v).ok()) values[i] = std::move(v);
+            }
+            boost::asio::post(ex, [h = std::move(h), values = std::move(values)]() mutable {
+              std::move(h)(std::move(values));
+            });
+          });
+        },
+        token, std::move(keys));
+  }
+
   // Reads up to `limit` entries under `prefix`, starting after `start_after` (or at the
   // first when empty), on the reader pool.
   template <typename Token>
@@ -149,6 +170,9 @@ class Store {
         },
         token, std::move(prefix), std::move(start_after));
   }
+
+  // How many group writes (one WriteBatch, one sync each) have been made.
+  uint64_t groups_written() const { return groups_.load(std::memory_order_relaxed); }
 
   // False after a write failed, until one succeeds again.
   bool healthy() const { return healthy_.load(std::memory_order_relaxed); }
@@ -168,6 +192,7 @@ class Store {
   std::unique_ptr<rocksdb::DB> db_;
   std::vector<rocksdb::ColumnFamilyHandle*> cfs_;  // owned; closed before db_
   std::atomic<bool> healthy_{true};
+  std::atomic<uint64_t> groups_{0};
 
   std::mutex mu_;
   std::condition_variable cv_;

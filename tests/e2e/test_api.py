@@ -65,7 +65,10 @@ def expect(cond, msg):
 
 
 def short(value, n=300):
-    text = value.decode("utf-8", "replace") if isinstance(value, (bytes, bytearray)) else repr(value)
+    if isinstance(value, (bytes, bytearray)):
+        text = value.decode("utf-8", "replace")
+    else:
+        text = repr(value)
     return text if len(text) <= n else text[:n] + "..."
 
 
@@ -221,7 +224,8 @@ def finished_text(ctx, fid, run_id, timeout=10.0):
     run = poll_run(ctx.a, fid, run_id, timeout=timeout)
     expect(run.get("status") == "complete", f"run ended {run.get('status')!r}: {short(run)}")
     outputs = run.get("outputs")
-    expect(isinstance(outputs, dict) and "text" in outputs, f"run has no outputs.text: {short(run)}")
+    expect(isinstance(outputs, dict) and "text" in outputs,
+           f"run has no outputs.text: {short(run)}")
     return outputs["text"]
 
 
@@ -573,7 +577,8 @@ def run_echo_202_and_complete(ctx):
     rfc3339(body, "created_at")
     run = poll_run(ctx.a, fid, run_id)
     expect(run.get("status") == "complete", f"status {run.get('status')!r}: {short(run)}")
-    expect(run.get("outputs", {}).get("text") == echo_text("cats"), f"outputs {run.get('outputs')!r}")
+    expect(run.get("outputs", {}).get("text") == echo_text("cats"),
+           f"outputs {run.get('outputs')!r}")
     times = [rfc3339(run, f) for f in ("created_at", "started_at", "finished_at")]
     expect(times == sorted(times), f"times out of order: {times}")
     expect("error" not in run, "a complete run has an error field")

@@ -1,0 +1,180 @@
+#include <catch2/catch.hpp>
+
+#include <fstream>
+#include <sstream>
+
+#include "flow/flow.h"
+#include "flow/inputs.h"
+#include "flow/nodes.h"
+#include "flow/run.h"
+
+using namespace flowd;
+using namespace flowd::flow;
+
+namespace {
+
+std::string Fixture(const std::string& name) {
+  std::ifstream in(std::string(FLOWD_SHARED_DIR) + "/cases/flows/" + name);
+  REQUIRE(in.good());
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+std::shared_ptr<const Flow> Parse(std::string text, Error* error_out = nullptr) {
+  Error error;
+  auto f = ParseFlow(text, error);
+  if (error_out) *error_out = error;
+  return f;
+}
+
+bool HasProblem(const Error& e, const std::string& node, const std::string& problem) {
+  for (const auto& p : e.details) {
+    if (p.node == node && p.problem == problem) return true;
+  }
+  return false;
+}
+
+}  // namespace
+
+TEST_CASE("flow: the echo fixture parses, sorted with its inputs and outputs") {
+  auto f = Parse(Fixture("echo.json"));
+  REQUIRE(f);
+  REQUIRE(f->nodes.size() == 5);
+  CHECK(f->nodes.back().name == "outtext01#api-output");
+  REQUIRE(f->inputs.size() == 3);
+  CHECK(f->FindInput("topic"));
+  CHECK_FALSE(f->FindInput("topic")->default_value);
+  REQUIRE(f->FindInput("tone")->default_value);
+  CHECK(f->FindInput("tone")->default_value->text == "neutral");
+  REQUIRE(f->outputs.size() == 1);
+  CHECK(f->outputs[0].name == "text");
+  CHECK(f->outputs[0].source == "merge0001#merger-prompt");
+}
+
+TEST_CASE("flow: nodes in any order are sorted by dependency") {
+  auto f = Parse(R"({"name":"r","nodes":[
+    {"name":"o#api-output","processorType":"api-output","api_output_name":"out","inputs":[{"inputNode":"t#transition"}]},
+    {"name":"t#transition","processorType":"transition","inputs":[{"inputNode":"i#input-text"}]},
+    {"name":"i#input-text","processorType":"input-text","inputText":"hi","x":1,"y":2,"appearance":{"c":1}}]})");
+  REQUIRE(f);
+  CHECK(f->name == "r");
+  CHECK(f->nodes[0].name == "i#input-text");
+  CHECK(f->nodes[1].name == "t#transition");
+  CHECK(f->nodes[2].name == "o#api-output");
+}
+
+TEST_CASE("flow: every problem is reported at once") {
+  Error e;
+  auto f = Parse(R"([
+    {"name":"a#api-input","processorType":"api-input","api_input_name":"x"},
+    {"name":"b#api-input","processorType":"api-input","api_input_name":"x"},
+    {"name":"c#api-output","processorType":"api-output","api_output_name":""},
+    {"name":"d#dall-e","processorType":"dall-e-prompt"},
+    {"name":"e#transition","processorType":"transition","inputs":[{"inputNode":"nope#x"}]},
+    {"name":"f#transition","processorType":"transition","inputs":[{"inputNode":"a#api-input","inputNodeOutputKey":3}]},
+    {"name":"g#transition","processorType":"transition","inputs":[{"inputNode":"h#transition"}]},
+    {"name":"h#transition","processorType":"transition","inputs":[{"inputNode":"g#transition"}]},
+    {"name":"a#api-input","processorType":"input-text"}])", &e);
+  CHECK_FALSE(f);
+  CHECK(e.code == "invalid_flow");
+  CHECK(HasProblem(e, "b#api-input", "duplicate_name"));
+  CHECK(HasProblem(e, "c#api-output", "missing_field"));
+  CHECK(HasProblem(e, "d#dall-e", "unsupported_node"));
+  CHECK(HasProblem(e, "e#transition", "unknown_node"));
+  CHECK(HasProblem(e, "f#transition", "invalid_output_key"));
+  CHECK(HasProblem(e, "g#transition", "cycle"));
+  CHECK(HasProblem(e, "h#transition", "cycle"));
+  CHECK(HasProblem(e, "a#api-input", "duplicate_name"));
+}
+
+TEST_CASE("flow: documents that are not flows") {
+  Error e;
+  CHECK_FALSE(Parse("{", &e));
+  CHECK(e.code == "invalid_json");
+  CHECK_FALSE(Parse("42", &e));
+  CHECK(e.code == "invalid_flow");
+  CHECK_FALSE(Parse(R"({"name":"x"})", &e));
+  CHECK(e.code == "invalid_flow");
+  CHECK_FALSE(Parse(R"([1])", &e));
+  CHECK(e.code == "invalid_flow");
+  CHECK(Parse("[]"));
+}
+
+TEST_CASE("flow: a stored flow loads back identical") {
+  auto f = Parse(Fixture("echo.json"));
+  REQUIRE(f);
+  Error e;
+  auto g = LoadFlow(f->name, f->nodes_json, e);
+  REQUIRE(g);
+  CHECK(g->nodes_json == f->nodes_json);
+  CHECK(g->nodes.size() == f->nodes.size());
+}
+
+TEST_CASE("merger-prompt: placeholders are filled in one pass, never re-scanned") {
+  CHECK(RenderTemplate("Topic: ${input-1} / Tone: ${input-2}", {"cats", "calm"}) == "Topic: cats / Tone: calm");
+  CHECK(RenderTemplate("${input-1}", {"${input-2}", "x"}) == "${input-2}");
+  CHECK(RenderTemplate("${input-1}${input-1}", {"a"}) == "aa");
+  CHECK(RenderTemplate("${input-3} ${input-0} ${input-} ${input-1", {"a"}) == "${input-3} ${input-0} ${input-} ${input-1");
+  CHECK(RenderTemplate("", {"a"}).empty());
+}
+
+TEST_CASE("inputs: decoding a run body against the echo flow") {
+  auto f = Parse(Fixture("echo.json"));
+  REQUIRE(f);
+  auto decode = [&](std::string body, RunRecord& rec) { return DecodeRunRequest(*f, body, rec); };
+  RunRecord rec;
+  CHECK_FALSE(decode(R"({"topic":"cats","count":3})", rec));
+  REQUIRE(rec.inputs.size() == 2);
+  CHECK(rec.inputs[1].second.AsText() == "3");
+
+  auto code = [&](std::string body) {
+    RunRecord r;
+    auto e = decode(std::move(body), r);
+    return e ? e->code + ":" + e->field : std::string("ok");
+  };
+  CHECK(code("{}") == "missing_input:topic");
+  CHECK(code("") == "missing_input:topic");
+  CHECK(code(R"({"tone":"calm"})") == "missing_input:topic");
+  CHECK(code(R"({"topic":""})") == "ok");
+  CHECK(code("[]") == "invalid_body:");
+  CHECK(code("null") == "invalid_body:");
+  CHECK(code(R"("cats")") == "invalid_body:");
+  CHECK(code(R"({"topic":"cats","topicc":1})") == "unknown_input:topicc");
+  CHECK(code(R"({"topic":"cats","Topic":"x"})") == "unknown_input:Topic");
+  CHECK(code(R"({"topic":"cats","topic":"dogs"})") == "invalid_json:");
+  CHECK(code(R"({"topic":"cats","t\u006fpic":"dogs"})") == "invalid_json:");
+  CHECK(code(R"({"t\u006fpic":"cats"})") == "ok");
+  CHECK(code(R"({"topic":"cats"} x)") == "invalid_json:");
+  CHECK(code(R"({"topic":)" + std::string(100000, '[') + std::string(100000, ']') + "}") == "invalid_input:topic");
+  CHECK(code(R"({"topic":"cats","run_options":{"save":false}})") == "ok");
+  CHECK(code(R"({"topic":"cats","run_options":{"save":"no"}})") == "invalid_body:run_options.save");
+}
+
+TEST_CASE("run: the stored record round-trips, and the public object hides what it must") {
+  RunRecord r;
+  r.run_id = "r";
+  r.flow_id = "f";
+  r.account = "acct";
+  r.flow_version = 3;
+  r.status = RunStatus::kComplete;
+  r.created_at = 1000;
+  r.started_at = 1001;
+  r.finished_at = 1002;
+  r.nodes_done = r.nodes_total = 5;
+  r.inputs = {{"topic", Value::String("naïve \u2028 \"q\"")}};
+  r.outputs = {{"text", Value{Value::Kind::kNumber, "18446744073709551616"}}};
+  RunRecord back;
+  REQUIRE(DecodeRecord(EncodeRecord(r), back));
+  CHECK(back.run_id == "r");
+  CHECK(back.account == "acct");
+  CHECK(back.flow_version == 3);
+  CHECK(back.status == RunStatus::kComplete);
+  CHECK(back.inputs == r.inputs);
+  CHECK(back.outputs == r.outputs);
+  std::string shown = RenderRun(r);
+  CHECK(shown.find("acct") == std::string::npos);
+  CHECK(shown.find("\"outputs\":{\"text\":18446744073709551616}") != std::string::npos);
+  r.save = false;
+  CHECK(RenderRun(r).find("outputs") == std::string::npos);
+}
