@@ -161,6 +161,13 @@ asio::awaitable<void> Server::Session(tcp::socket socket) {
       if (auto res = RefusalFor(hec)) co_await refuse(std::move(*res));
       co_return;
     }
+    // chunked is the only transfer coding flowd decodes; guessing at others would hand the
+    // handler bytes it cannot read.
+    if (auto te = parser.get().find(http::field::transfer_encoding);
+        te != parser.get().end() && !beast::iequals(te->value(), "chunked")) {
+      co_await refuse(ErrorResponse(501, "not_implemented", "The only transfer coding accepted is chunked."));
+      co_return;
+    }
     busy_.fetch_add(1);
     struct Idle {
       std::atomic<int>& busy;

@@ -21,6 +21,7 @@ import base64
 import decimal
 import json
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -124,11 +125,24 @@ class Ctx:
         return self._small[0].port, self._small[1]
 
     def revive(self):
-        """None if the server is up; else a message, after restarting it on the same data."""
+        """None if the server is up and answers /healthz; else a message, after restarting it
+        on the same data dir. A process that is still dying (abort in progress) is waited for."""
         if self.server.alive():
-            return None
-        msg = (f"flowd died (exit {self.server.returncode}); stderr tail:\n"
-               f"{self.server.stderr_tail(15)}")
+            try:
+                if Client(self.port, timeout=2.0).get("/healthz")[0] == 200:
+                    return None
+            except OSError:
+                pass
+            try:
+                self.server.proc.wait(3.0)
+            except subprocess.TimeoutExpired:
+                self.server.kill9()
+                msg = "flowd stopped answering /healthz (killed); stderr tail:\n"
+                return self._restart(msg)
+        return self._restart(f"flowd died (exit {self.server.returncode}); stderr tail:\n")
+
+    def _restart(self, msg):
+        msg += self.server.stderr_tail(15)
         self.server.close()
         self.server = Server(self.bin, self.data_dir)
         return msg

@@ -94,6 +94,9 @@ TEST_CASE("store: concurrent async writes all complete on the caller's executor,
     return true;
   });
   CHECK(found == kWriters);
+  // The writer thread may still be returning from its post into ioc: stop it before ioc
+  // goes, as main does.
+  s->Close();
 }
 
 TEST_CASE("store: async reads and scans") {
@@ -116,6 +119,7 @@ TEST_CASE("store: async reads and scans") {
     page = co_await s->AsyncScan(Cf::kFlows, "p/", "p/1", 2, asio::use_awaitable);
   }, asio::detached);
   ioc.run();
+  s->Close();
   CHECK(got_status.ok());
   CHECK(got == "v3");
   REQUIRE(page.size() == 2);
