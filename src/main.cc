@@ -18,6 +18,7 @@
 #include "base/spawn.h"
 #include "flow/catalog.h"
 #include "flow/engine.h"
+#include "net/http_client.h"
 #include "net/http_server.h"
 #include "store/store.h"
 
@@ -64,7 +65,9 @@ int Fail(const std::string& message) {
 }
 
 int Serve(int argc, char** argv) {
-  std::string listen, data, durability, max_body, drain, log_level;
+  std::string listen, data, durability, max_body, drain, log_level, ca_file;
+  std::vector<std::string> allow_cidrs;
+  bool allow_private = false;
   int threads = 1;
   size_t max_queued = 100000;
   po::options_description desc("flowd serve options");
@@ -77,6 +80,9 @@ int Serve(int argc, char** argv) {
       ("max-queued-runs", po::value(&max_queued)->default_value(100000), "live runs before 429 queue_full")
       ("drain-timeout", po::value(&drain)->default_value("10s"), "how long SIGTERM waits for requests in flight")
       ("log-level", po::value(&log_level)->default_value("info"), "debug, info, warn or error")
+      ("webhook-allow-private", po::bool_switch(&allow_private), "let outbound requests reach private addresses")
+      ("webhook-allow-cidr", po::value(&allow_cidrs)->composing(), "let outbound requests reach this CIDR (repeatable)")
+      ("ca-file", po::value(&ca_file), "extra CA certificates (PEM) trusted for outbound https")
       ("help", "this text");
   po::variables_map vm;
   try {
@@ -108,6 +114,17 @@ int Serve(int argc, char** argv) {
     return Fail("--listen: expected address:port, e.g. 127.0.0.1:8080");
   }
 
+  std::vector<net::Cidr> cidrs;
+  for (const auto& c : allow_cidrs) {
+    auto parsed = net::Cidr::Parse(c);
+    if (!parsed) return Fail("--webhook-allow-cidr: not a CIDR: " + c);
+    cidrs.push_back(*parsed);
+  }
+  net::ClientOptions client_options;
+  client_options.policy = net::AddressPolicy(allow_private, std::move(cidrs));
+  client_options.ca_file = ca_file;
+  client_options.user_agent = std::string("flowd/") + FLOWD_VERSION;
+
   std::string error;
   auto store = store::Store::Open({data, durability == "sync"}, &error);
   if (!store) return Fail("cannot open the data folder " + data + ": " + error);
@@ -117,7 +134,15 @@ int Serve(int argc, char** argv) {
     flow::Catalog catalog(*store);
     api::KeyRing keys(*store);
     keys.LoadSync();
-    flow::Engine engine(ioc, *store, catalog, {max_queued});
+    std::unique_ptr<net::HttpClient> http;
+    try {
+      http = std::make_unique<net::HttpClient>(ioc, client_options);
+    } catch (const std::exception& e) {
+      return Fail(e.what());
+    }
+    const flow::Providers providers = flow::Providers::FromEnvironment();
+    flow::NodeEnv node_env{*http, providers};
+    flow::Engine engine(ioc, *store, catalog, node_env, {max_queued});
     net::Server* server_ptr = nullptr;
     api::Routes routes(keys, catalog, engine, *store, [&] { return server_ptr && !server_ptr->draining(); });
     net::Server server(ioc, routes, server_options);

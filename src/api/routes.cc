@@ -93,6 +93,25 @@ std::string SavedJson(const flow::SavedFlow& s) {
 
 }  // namespace
 
+// `Prefer: wait=N` (1 <= N <= 60) among the preferences; anything else is ignored.
+std::optional<int> PreferWait(std::string_view v) {
+  while (!v.empty()) {
+    size_t comma = v.find(',');
+    std::string_view pref = v.substr(0, comma);
+    while (!pref.empty() && pref.front() == ' ') pref.remove_prefix(1);
+    if (pref.starts_with("wait=")) {
+      int n = 0;
+      auto num = pref.substr(5);
+      while (!num.empty() && num.back() == ' ') num.remove_suffix(1);
+      auto [end, ec] = std::from_chars(num.data(), num.data() + num.size(), n);
+      if (ec == std::errc() && end == num.data() + num.size() && n >= 1) return std::min(n, 60);
+    }
+    if (comma == std::string_view::npos) break;
+    v.remove_prefix(comma + 1);
+  }
+  return std::nullopt;
+}
+
 std::string_view BearerToken(std::string_view v) {
   constexpr std::string_view kScheme = "bearer";
   if (v.size() <= kScheme.size() || !beast::iequals(v.substr(0, kScheme.size()), kScheme) || v[kScheme.size()] != ' ')
@@ -119,7 +138,7 @@ std::optional<net::Response> Routes::Precheck(const Request& head) {
   return std::nullopt;
 }
 
-asio::awaitable<Response> Routes::Handle(Request& req) {
+asio::awaitable<net::Reply> Routes::Handle(Request& req) {
   std::string_view target = req.target();
   size_t q = target.find('?');
   std::string_view path = target.substr(0, q);
@@ -266,7 +285,7 @@ asio::awaitable<Response> Routes::Flows(Call& c) {
   co_return MethodNotAllowed("GET, PUT, DELETE");
 }
 
-asio::awaitable<Response> Routes::Runs(Call& c) {
+asio::awaitable<net::Reply> Routes::Runs(Call& c) {
   const auto& p = c.parts;  // flow, {id}, run[, {run_id}]
   const auto method = c.req.method();
   if (!IsUuid(p[1])) co_return NotFound();
@@ -304,14 +323,7 @@ asio::awaitable<Response> Routes::Runs(Call& c) {
     w.EndObject();
     co_return JsonResponse(200, std::move(out));
   }
-  if (p.size() == 4) {
-    if (p[3].empty()) co_return NotFound();
-    if (method != http::verb::get) co_return MethodNotAllowed("GET");
-    auto run = co_await engine_.Find(c.caller->account, flow_id, std::string(p[3]));
-    if (!run) co_return NotFound();
-    co_return JsonResponse(200, std::move(*run));
-  }
-  if (p.size() != 3) co_return NotFound();
+  if (p.size() >= 4) co_return co_await OneRun(c, flow_id);
   if (method != http::verb::post) co_return MethodNotAllowed("POST");
   auto saved = co_await catalog_.Get(c.caller->account, flow_id);
   if (!saved) co_return NotFound();
@@ -319,7 +331,22 @@ asio::awaitable<Response> Routes::Runs(Call& c) {
   rec.account = c.caller->account;
   if (auto error = flow::DecodeRunRequest(*saved->flow, c.req.body(), rec)) co_return Fail(*error);
   if (!ready_()) co_return Fail({"unavailable", "The server is shutting down.", "", {}});
+  std::optional<int> wait_seconds;
+  if (auto prefer = c.req.find("Prefer"); prefer != c.req.end()) {
+    wait_seconds = PreferWait(prefer->value());
+  }
   if (auto error = co_await engine_.Start(std::move(*saved), rec)) co_return Fail(*error);
+  if (wait_seconds) {
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(*wait_seconds);
+    for (;;) {
+      auto view = co_await engine_.Find(c.caller->account, flow_id, rec.run_id);
+      if (!view || view->ended || !view->control) {
+        if (view && view->ended) co_return JsonResponse(200, std::move(view->object));
+        break;
+      }
+      if (!co_await flow::Engine::WaitForChange(view->control, SIZE_MAX, deadline)) break;
+    }
+  }
   std::string out;
   JsonWriter w(out);
   w.BeginObject().Key("run_id").String(rec.run_id).Key("flow_id").String(rec.flow_id);
@@ -328,6 +355,80 @@ asio::awaitable<Response> Routes::Runs(Call& c) {
   Response res = JsonResponse(202, std::move(out));
   res.set(http::field::location, "/v1/flow/" + rec.flow_id + "/run/" + rec.run_id);
   co_return res;
+}
+
+asio::awaitable<net::Reply> Routes::OneRun(Call& c, const std::string& flow_id) {
+  const auto& p = c.parts;  // flow, {id}, run, {run_id}[, cancel | events]
+  const auto method = c.req.method();
+  if (p[3].empty() || p.size() > 5) co_return NotFound();
+  const std::string_view action = p.size() == 5 ? p[4] : "";
+  if (!action.empty() && action != "cancel" && action != "events") co_return NotFound();
+  const auto allowed = action == "cancel" ? http::verb::post : http::verb::get;
+  if (method != allowed) co_return MethodNotAllowed(action == "cancel" ? "POST" : "GET");
+
+  auto view = co_await engine_.Find(c.caller->account, flow_id, std::string(p[3]));
+  if (!view) co_return NotFound();
+  if (action.empty()) co_return JsonResponse(200, std::move(view->object));
+
+  if (action == "cancel") {
+    if (!view->ended && view->control) {
+      flow::Engine::Cancel(view->control);
+      const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+      while (co_await flow::Engine::WaitForChange(view->control, SIZE_MAX, deadline)) {
+        std::lock_guard lock(view->control->mu);
+        if (view->control->ended) break;
+      }
+      if (auto now = co_await engine_.Find(c.caller->account, flow_id, std::string(p[3]))) view = std::move(now);
+    }
+    co_return JsonResponse(200, std::move(view->object));
+  }
+
+  // Server-Sent Events: everything after Last-Event-ID, then what comes, until the run ends.
+  size_t from = 0;
+  if (auto last = c.req.find("Last-Event-ID"); last != c.req.end()) {
+    std::string_view v = last->value();
+    std::from_chars(v.data(), v.data() + v.size(), from);
+  }
+  Response head{http::status::ok, 11};
+  head.set(http::field::content_type, "text/event-stream");
+  head.set(http::field::cache_control, "no-cache");
+  net::Reply reply(std::move(head));
+  reply.stream = [view = std::move(*view), from](net::StreamSink& sink) mutable -> asio::awaitable<void> {
+    auto frame = [](size_t id, const std::string& event) {
+      // The type is the event's own "type" field; the data is the whole event.
+      std::string type = "message";
+      if (auto at = event.find("\"type\":\""); at != std::string::npos) {
+        at += 8;
+        type = event.substr(at, event.find('"', at) - at);
+      }
+      return "id: " + std::to_string(id) + "\nevent: " + type + "\ndata: " + event + "\n\n";
+    };
+    size_t next = from;  // events sent so far, by id
+    if (!view.control) {
+      for (size_t i = next; i < view.stored_events.size(); ++i) {
+        if (!co_await sink.Write(frame(i + 1, view.stored_events[i]))) co_return;
+      }
+      co_return;
+    }
+    for (;;) {
+      std::vector<std::string> batch;
+      bool ended = false;
+      {
+        std::lock_guard lock(view.control->mu);
+        for (size_t i = next; i < view.control->events.size(); ++i) batch.push_back(view.control->events[i]);
+        ended = view.control->ended;
+      }
+      for (auto& e : batch) {
+        if (!co_await sink.Write(frame(++next, e))) co_return;
+      }
+      if (ended || sink.stopping()) co_return;
+      const auto ping_at = std::chrono::steady_clock::now() + std::chrono::seconds(15);
+      if (!co_await flow::Engine::WaitForChange(view.control, next, ping_at)) {
+        if (!co_await sink.Write(": ping\n\n")) co_return;
+      }
+    }
+  };
+  co_return reply;
 }
 
 }  // namespace flowd::api

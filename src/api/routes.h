@@ -23,13 +23,14 @@ class Routes : public net::Handler {
       : keys_(keys), catalog_(catalog), engine_(engine), store_(store), ready_(std::move(ready)) {}
 
   std::optional<net::Response> Precheck(const net::Request& head) override;
-  boost::asio::awaitable<net::Response> Handle(net::Request& req) override;
+  boost::asio::awaitable<net::Reply> Handle(net::Request& req) override;
 
  private:
   struct Call;
   boost::asio::awaitable<net::Response> Keys(Call& c);
   boost::asio::awaitable<net::Response> Flows(Call& c);
-  boost::asio::awaitable<net::Response> Runs(Call& c);
+  boost::asio::awaitable<net::Reply> Runs(Call& c);
+  boost::asio::awaitable<net::Reply> OneRun(Call& c, const std::string& flow_id);
 
   KeyRing& keys_;
   flow::Catalog& catalog_;

@@ -1,6 +1,10 @@
 #include "flow/engine.h"
 
 #include <boost/asio/as_tuple.hpp>
+#include <boost/asio/bind_cancellation_slot.hpp>
+#include <boost/asio/cancellation_signal.hpp>
+#include <boost/asio/experimental/awaitable_operators.hpp>
+#include <boost/asio/post.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/strand.hpp>
 #include <boost/asio/use_awaitable.hpp>
@@ -15,11 +19,28 @@ namespace flowd::flow {
 namespace asio = boost::asio;
 using store::Cf;
 
-Engine::Engine(asio::io_context& ioc, store::Store& store, Catalog& catalog, const EngineOptions& options)
-    : ioc_(ioc), store_(store), catalog_(catalog), options_(options),
+Engine::Engine(asio::io_context& ioc, store::Store& store, Catalog& catalog, NodeEnv& nodes,
+               const EngineOptions& options)
+    : ioc_(ioc), store_(store), catalog_(catalog), nodes_(nodes), options_(options),
       // Live runs are capped at max_queued_runs; the rest of the room holds ended runs for a
       // while and keeps probe chains short.
       table_(options.max_queued_runs * 2 + 65536) {}
+
+namespace {
+
+std::string EventJson(std::string_view type, std::string_view node, const Error* error = nullptr,
+                      std::string_view status = "") {
+  std::string out;
+  JsonWriter w(out);
+  w.BeginObject().Key("type").String(type).Key("at").String(FormatTime(NowMillis()));
+  if (!node.empty()) w.Key("node").String(node);
+  if (error) w.Key("error").BeginObject().Key("code").String(error->code).Key("message").String(error->message).EndObject();
+  if (!status.empty()) w.Key("status").String(status);
+  w.EndObject();
+  return out;
+}
+
+}  // namespace
 
 asio::awaitable<std::optional<Error>> Engine::Start(SavedFlow saved, RunRecord& rec) {
   if (live_.fetch_add(1) >= options_.max_queued_runs) {
@@ -40,46 +61,164 @@ asio::awaitable<std::optional<Error>> Engine::Start(SavedFlow saved, RunRecord& 
     live_.fetch_sub(1);
     co_return Error{"unavailable", "The store cannot take writes right now.", "", {}};
   }
-  RunTable::Entry* entry = table_.Insert(std::make_unique<RunTable::Entry>(rec));
-  Launch(std::move(saved.flow), rec, entry);
+  Launch(std::move(saved.flow), rec);
   co_return std::nullopt;
 }
 
-void Engine::Launch(std::shared_ptr<const Flow> flow, RunRecord rec, RunTable::Entry* entry) {
-  SpawnLogged(asio::make_strand(ioc_), Execute(std::move(flow), std::move(rec), entry), "run");
+void Engine::Launch(std::shared_ptr<const Flow> flow, RunRecord rec) {
+  auto strand = asio::make_strand(ioc_);
+  auto control = std::make_shared<RunControl>();
+  control->strand = strand;
+  // A run that finds no room in the table still runs; readers then see its stored record.
+  RunTable::Entry* entry = table_.Insert(std::make_unique<RunTable::Entry>(rec, control));
+  SpawnLogged(strand, Execute(std::move(flow), std::move(rec), entry, std::move(control)), "run");
 }
 
-asio::awaitable<void> Engine::Execute(std::shared_ptr<const Flow> flow, RunRecord rec, RunTable::Entry* entry) {
+asio::awaitable<void> Engine::Execute(std::shared_ptr<const Flow> flow, RunRecord rec, RunTable::Entry* entry,
+                                      std::shared_ptr<RunControl> control) {
+  using namespace asio::experimental::awaitable_operators;
+  auto strand = co_await asio::this_coro::executor;
   rec.started_at = NowMillis();
   if (entry) entry->started_at.store(rec.started_at, std::memory_order_relaxed);
-  std::vector<Value> results(flow->nodes.size());
-  std::vector<const Value*> wired;
-  for (size_t i = 0; i < flow->nodes.size(); ++i) {
-    const Node& node = flow->nodes[i];
-    wired.clear();
-    for (const auto& e : node.edges) wired.push_back(&results[e.from]);
-    const Value* run_input = nullptr;
-    if (node.type == "api-input") {
-      const std::string& name = node.Field("api_input_name")->text;
-      for (const auto& [k, v] : rec.inputs) {
-        if (k == name) run_input = &v;
-      }
+
+  const size_t n = flow->nodes.size();
+  std::vector<Value> results(n);
+  std::vector<size_t> waiting(n, 0);
+  std::vector<std::vector<size_t>> dependents(n);
+  for (size_t i = 0; i < n; ++i) {
+    for (const auto& e : flow->nodes[i].edges) {
+      ++waiting[i];
+      dependents[e.from].push_back(i);
     }
-    results[i] = RunLocalNode(node, NodeInputs(node, wired), run_input);
-    rec.nodes_done = static_cast<uint32_t>(i + 1);
-    if (entry) entry->nodes_done.store(rec.nodes_done, std::memory_order_relaxed);
   }
-  for (const auto& out : flow->outputs) rec.outputs.emplace_back(out.name, results[out.node]);
-  rec.status = RunStatus::kComplete;
-  co_await Finish(std::move(rec), entry);
+  std::vector<size_t> ready;
+  for (size_t i = n; i-- > 0;) {
+    if (waiting[i] == 0) ready.push_back(i);
+  }
+  struct Finished {
+    size_t node;
+    NodeResult result;
+  };
+  std::vector<Finished> finished;
+  // One signal per remote node; kept until the run ends, emitted only while it runs.
+  std::vector<std::unique_ptr<asio::cancellation_signal>> cancels(n);
+  std::vector<bool> in_flight(n, false);
+  size_t running = 0;
+  std::optional<Error> failure;
+  bool canceled = false;
+  asio::steady_timer wake(strand, std::chrono::steady_clock::time_point::max());
+  control->wake = &wake;
+
+  auto inputs_of = [&](size_t i) {
+    std::vector<const Value*> wired;
+    for (const auto& e : flow->nodes[i].edges) wired.push_back(&results[e.from]);
+    return NodeInputs(flow->nodes[i], std::move(wired));
+  };
+  auto stop_running = [&] {
+    for (size_t i = 0; i < n; ++i) {
+      if (in_flight[i]) cancels[i]->emit(asio::cancellation_type::terminal);
+    }
+  };
+
+  for (;;) {
+    while (!ready.empty() && !failure && !canceled) {
+      const size_t i = ready.back();
+      ready.pop_back();
+      const Node& node = flow->nodes[i];
+      control->Publish(EventJson("node_started", node.name), false);
+      if (node.kind->timeout.count() == 0) {
+        const Value* run_input = nullptr;
+        if (node.type == "api-input") {
+          for (const auto& [k, v] : rec.inputs) {
+            if (k == node.Field("api_input_name")->text) run_input = &v;
+          }
+        }
+        finished.push_back({i, RunLocalNode(node, inputs_of(i), run_input)});
+        continue;
+      }
+      cancels[i] = std::make_unique<asio::cancellation_signal>();
+      in_flight[i] = true;
+      ++running;
+      auto task = [](const Node& node, NodeInputs in, NodeEnv& env) -> asio::awaitable<NodeResult> {
+        asio::steady_timer limit(co_await asio::this_coro::executor, node.kind->timeout);
+        auto outcome = co_await (RunRemoteNode(node, in, env) || limit.async_wait(asio::as_tuple(asio::use_awaitable)));
+        if (outcome.index() == 0) co_return std::get<0>(std::move(outcome));
+        co_return NodeResult{Value{}, Error{"node_timeout",
+                                            "The node did not finish within " +
+                                                std::to_string(node.kind->timeout.count() / 1000) + " s.",
+                                            "", {}}};
+      };
+      asio::co_spawn(strand, task(node, inputs_of(i), nodes_),
+                     asio::bind_cancellation_slot(cancels[i]->slot(), [&, i](std::exception_ptr e, NodeResult r) {
+                       if (e) r = NodeResult{Value{}, Error{"node_failed", "The node stopped unexpectedly.", "", {}}};
+                       finished.push_back({i, std::move(r)});
+                       in_flight[i] = false;
+                       --running;
+                       wake.cancel();
+                     }));
+    }
+
+    if (!finished.empty()) {
+      auto batch = std::move(finished);
+      finished.clear();
+      for (auto& [i, r] : batch) {
+        const Node& node = flow->nodes[i];
+        if (r.error) {
+          control->Publish(EventJson("node_failed", node.name, &*r.error), false);
+          if (!failure && !canceled) {
+            failure = r.error;
+            rec.error_node = node.name;
+            stop_running();
+          }
+          continue;
+        }
+        results[i] = std::move(r.value);
+        rec.nodes_done++;
+        if (entry) entry->nodes_done.store(rec.nodes_done, std::memory_order_relaxed);
+        control->Publish(EventJson("node_finished", node.name), false);
+        for (size_t d : dependents[i]) {
+          if (--waiting[d] == 0) ready.push_back(d);
+        }
+      }
+      continue;
+    }
+    if (control->cancel_requested.load() && !canceled && !failure) {
+      canceled = true;
+      stop_running();
+      continue;
+    }
+    if (running == 0 && (ready.empty() || failure || canceled)) break;
+    wake.expires_at(std::chrono::steady_clock::time_point::max());
+    co_await wake.async_wait(asio::as_tuple(asio::use_awaitable));
+  }
+  control->wake = nullptr;
+
+  if (canceled) {
+    rec.status = RunStatus::kCanceled;
+    rec.error_node.clear();
+  } else if (failure) {
+    rec.status = RunStatus::kFailed;
+    rec.error_code = failure->code;
+    rec.error_message = failure->message;
+  } else {
+    for (const auto& out : flow->outputs) rec.outputs.emplace_back(out.name, results[out.node]);
+    rec.status = RunStatus::kComplete;
+  }
+  co_await Finish(std::move(rec), entry, std::move(control));
 }
 
-asio::awaitable<void> Engine::Finish(RunRecord rec, RunTable::Entry* entry) {
+asio::awaitable<void> Engine::Finish(RunRecord rec, RunTable::Entry* entry, std::shared_ptr<RunControl> control) {
   rec.finished_at = NowMillis();
+  control->Publish(EventJson("run_finished", "", nullptr, StatusName(rec.status)), false);
+  {
+    std::lock_guard lock(control->mu);
+    rec.events = control->events;
+  }
   if (entry) {
     entry->final_json.store(new std::string(RenderRun(rec)), std::memory_order_release);
     entry->status.store(rec.status, std::memory_order_release);
   }
+  control->Publish("", true);
   live_.fetch_sub(1);
   RunRecord stored = rec;
   if (!rec.save) stored.outputs.clear();
@@ -99,18 +238,47 @@ asio::awaitable<void> Engine::Finish(RunRecord rec, RunTable::Entry* entry) {
   if (entry) entry->evictable_at.store(NowMillis() + options_.keep_ended_ms, std::memory_order_release);
 }
 
-asio::awaitable<std::optional<std::string>> Engine::Find(std::string account, std::string flow_id,
-                                                         std::string run_id) {
-  std::optional<std::string> found;
+asio::awaitable<std::optional<Engine::RunView>> Engine::Find(std::string account, std::string flow_id,
+                                                             std::string run_id) {
+  std::optional<RunView> found;
   bool in_table = table_.Read(run_id, [&](const RunTable::Entry& e) {
-    if (e.account == account && e.flow_id == flow_id) found = e.Render();
+    if (e.account != account || e.flow_id != flow_id) return;
+    found.emplace();
+    found->ended = IsTerminal(e.status.load(std::memory_order_acquire));
+    found->object = e.Render();
+    found->control = e.control;
   });
   if (in_table) co_return found;
   auto [s, json] = co_await store_.AsyncGet(Cf::kRuns, run_id, asio::as_tuple(asio::use_awaitable));
   if (!s.ok()) co_return std::nullopt;
   RunRecord rec;
   if (!DecodeRecord(json, rec) || rec.account != account || rec.flow_id != flow_id) co_return std::nullopt;
-  co_return RenderRun(rec);
+  found.emplace();
+  found->ended = IsTerminal(rec.status);
+  found->object = RenderRun(rec);
+  found->stored_events = std::move(rec.events);
+  co_return found;
+}
+
+asio::awaitable<bool> Engine::WaitForChange(std::shared_ptr<RunControl> control, size_t seen,
+                                            std::chrono::steady_clock::time_point deadline) {
+  auto timer = std::make_shared<asio::steady_timer>(co_await asio::this_coro::executor, deadline);
+  {
+    std::lock_guard lock(control->mu);
+    if (control->ended || control->events.size() > seen) co_return true;
+    control->waiters.push_back(timer);
+  }
+  auto [ec] = co_await timer->async_wait(asio::as_tuple(asio::use_awaitable));
+  std::lock_guard lock(control->mu);
+  std::erase(control->waiters, timer);
+  co_return control->ended || control->events.size() > seen;
+}
+
+void Engine::Cancel(const std::shared_ptr<RunControl>& control) {
+  control->cancel_requested.store(true);
+  asio::post(control->strand, [control] {
+    if (control->wake) control->wake->cancel();
+  });
 }
 
 asio::awaitable<Engine::Page> Engine::List(std::string flow_id,
@@ -176,15 +344,19 @@ size_t Engine::Resume() {
       rec.status = RunStatus::kFailed;
       rec.error_code = "flow_unavailable";
       rec.error_message = "The flow version this run was accepted with could not be loaded.";
-      SpawnLogged(ioc_, Finish(rec, table_.Insert(std::make_unique<RunTable::Entry>(rec))), "finish");
+      auto control = std::make_shared<RunControl>();
+      control->strand = ioc_.get_executor();
+      auto* entry = table_.Insert(std::make_unique<RunTable::Entry>(rec, control));
+      SpawnLogged(ioc_, Finish(rec, entry, std::move(control)), "finish");
       continue;
     }
     // A resumed run starts over: outputs and progress from the lost attempt are dropped.
     rec.status = RunStatus::kPending;
     rec.outputs.clear();
     rec.nodes_done = 0;
-    RunTable::Entry* entry = table_.Insert(std::make_unique<RunTable::Entry>(rec));
-    Launch(std::move(flow), std::move(rec), entry);
+    rec.events.clear();
+    rec.error_code.clear();
+    Launch(std::move(flow), std::move(rec));
     ++resumed;
   }
   return resumed;

@@ -10,6 +10,11 @@
 // Ownership: main owns the Engine, the RunTable, the Catalog and the Store, and keeps
 // them alive until the io_context has stopped. Methods are safe from any io_context
 // thread.
+//
+// Inside a run, a node starts as soon as every node it reads from has finished, so
+// independent branches overlap; nodes of kinds that run in place execute inline, the
+// others as child coroutines on the run's strand, each under its kind's timeout. The
+// first failure (or a cancel) cancels the nodes still running and starts no new one.
 #pragma once
 
 #include <boost/asio/awaitable.hpp>
@@ -23,6 +28,7 @@
 #include "base/error.h"
 #include "flow/catalog.h"
 #include "flow/flow.h"
+#include "flow/nodes.h"
 #include "flow/run.h"
 #include "flow/run_table.h"
 #include "store/store.h"
@@ -36,15 +42,31 @@ struct EngineOptions {
 
 class Engine {
  public:
-  Engine(boost::asio::io_context& ioc, store::Store& store, Catalog& catalog, const EngineOptions& options);
+  Engine(boost::asio::io_context& ioc, store::Store& store, Catalog& catalog, NodeEnv& nodes,
+         const EngineOptions& options);
 
   // Persists and starts a run described by `rec` (inputs and options already decoded).
   // On success fills in the run's id and times; errors: queue_full, unavailable.
   boost::asio::awaitable<std::optional<Error>> Start(SavedFlow flow, RunRecord& rec);
 
-  // The public run object, if `run_id` is a run of `flow_id` owned by `account`.
-  boost::asio::awaitable<std::optional<std::string>> Find(std::string account, std::string flow_id,
-                                                          std::string run_id);
+  // What the API may ask of one run.
+  struct RunView {
+    std::string object;                     // the public run object, as of now
+    bool ended = false;
+    std::shared_ptr<RunControl> control;    // null once the run has left the table
+    std::vector<std::string> stored_events; // the events, when read back from the store
+  };
+  // `run_id` if it is a run of `flow_id` owned by `account`.
+  boost::asio::awaitable<std::optional<RunView>> Find(std::string account, std::string flow_id,
+                                                      std::string run_id);
+
+  // Waits until the run has ended, or its events pass `seen`, or `deadline`. True when
+  // something changed.
+  static boost::asio::awaitable<bool> WaitForChange(std::shared_ptr<RunControl> control, size_t seen,
+                                                    std::chrono::steady_clock::time_point deadline);
+
+  // Asks a live run to stop: it ends `canceled` unless it ends first.
+  static void Cancel(const std::shared_ptr<RunControl>& control);
 
   struct Page {
     std::vector<std::string> runs;  // public run objects, newest first
@@ -65,14 +87,17 @@ class Engine {
   RunTable& table() { return table_; }
 
  private:
-  void Launch(std::shared_ptr<const Flow> flow, RunRecord rec, RunTable::Entry* entry);
-  boost::asio::awaitable<void> Execute(std::shared_ptr<const Flow> flow, RunRecord rec, RunTable::Entry* entry);
-  boost::asio::awaitable<void> Finish(RunRecord rec, RunTable::Entry* entry);
+  // Registers the run in the table and starts it on a new strand.
+  void Launch(std::shared_ptr<const Flow> flow, RunRecord rec);
+  boost::asio::awaitable<void> Execute(std::shared_ptr<const Flow> flow, RunRecord rec, RunTable::Entry* entry,
+                                       std::shared_ptr<RunControl> control);
+  boost::asio::awaitable<void> Finish(RunRecord rec, RunTable::Entry* entry, std::shared_ptr<RunControl> control);
   boost::asio::awaitable<void> Sweeper();
 
   boost::asio::io_context& ioc_;
   store::Store& store_;
   Catalog& catalog_;
+  NodeEnv& nodes_;
   EngineOptions options_;
   RunTable table_;
   std::atomic<size_t> live_{0};

@@ -1,19 +1,238 @@
 #include "flow/nodes.h"
 
+#include <boost/asio/as_tuple.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/use_awaitable.hpp>
+#include <boost/regex.hpp>
+
+#include <simdjson.h>
+
 #include <array>
+#include <charconv>
+#include <cstdlib>
 
 namespace flowd::flow {
+namespace asio = boost::asio;
+namespace http = boost::beast::http;
+namespace ondemand = simdjson::ondemand;
+using namespace std::chrono_literals;
+
 namespace {
 
 // Every node kind flowd accepts. A kind joins this table only when it runs.
-const std::array<NodeKind, 6> kKinds = {{
+const std::array<NodeKind, 11> kKinds = {{
     {"api-input", "", {"api_input_name"}},
     {"api-output", "input", {"api_output_name"}},
     {"input-text", "", {}},
     {"transition", "input", {}},
     {"display", "input", {}},
     {"merger-prompt", kPrimaryInputNames, {}},
+    {"replace-text", "input_text", {}},
+    {"http-get-processor", "url", {"url"}, 1, 5s},
+    {"llm-prompt", "context", {}, 1, 120s},
+    {"openrouter-processor", "context", {}, 1, 120s},
+    {"deepseek-processor", "context", {}, 1, 120s},
 }};
+// claude-anthropic-processor is listed separately only to keep the table's size honest.
+const NodeKind kClaude{"claude-anthropic-processor", "context", {}, 1, 120s};
+
+constexpr size_t kMaxReplaceInput = 1 << 20;
+constexpr int kModelRetries = 3;
+
+NodeResult Failed(std::string message) { return {Value{}, Error{"node_failed", std::move(message), "", {}}}; }
+
+bool BoolField(const NodeInputs& in, std::string_view field, bool fallback) {
+  const Value* v = in.Get(field);
+  if (!v || v->kind == Value::Kind::kNull) return fallback;
+  if (v->kind == Value::Kind::kBool) return v->text == "true";
+  return v->text == "true" || v->text == "1";
+}
+
+std::string Env(const char* name, std::string fallback = "") {
+  const char* v = std::getenv(name);
+  return v && *v ? std::string(v) : fallback;
+}
+
+// "https://host/v1/" + "chat/completions" -> "https://host/v1/chat/completions"
+std::string JoinUrl(std::string base, std::string_view path) {
+  while (!base.empty() && base.back() == '/') base.pop_back();
+  while (!path.empty() && path.front() == '/') path.remove_prefix(1);
+  return base + "/" + std::string(path);
+}
+
+bool IsJsonContentType(std::string_view ct) {
+  ct = ct.substr(0, ct.find(';'));
+  return ct == "application/json" || (ct.size() > 5 && ct.substr(ct.size() - 5) == "+json");
+}
+
+// Seconds from a Retry-After header (delta-seconds only), capped.
+std::optional<std::chrono::milliseconds> RetryAfter(const net::Inbound& r) {
+  auto it = r.headers.find(http::field::retry_after);
+  if (it == r.headers.end()) return std::nullopt;
+  std::string_view v = it->value();
+  unsigned secs = 0;
+  auto [end, ec] = std::from_chars(v.data(), v.data() + v.size(), secs);
+  if (ec != std::errc() || end != v.data() + v.size()) return std::nullopt;
+  return std::chrono::milliseconds(std::min(secs, 60u) * 1000);
+}
+
+// The provider's own error text, when its body carries one ({"error":{"message"}}).
+std::string ProviderMessage(const std::string& body) {
+  ondemand::parser parser;
+  simdjson::padded_string padded(body);
+  ondemand::document doc;
+  std::string_view msg;
+  if (!parser.iterate(padded).get(doc) && !doc["error"]["message"].get_string().get(msg)) return std::string(msg);
+  return "";
+}
+
+// Reads the assistant text of an OpenAI chat completion or an Anthropic message.
+std::optional<std::string> ReadCompletion(const std::string& body, bool anthropic, std::string& text) {
+  ondemand::parser parser;
+  simdjson::padded_string padded(body);
+  ondemand::document doc;
+  if (parser.iterate(padded).get(doc)) return "the provider's answer is not JSON";
+  if (anthropic) {
+    ondemand::array content;
+    if (doc["content"].get_array().get(content)) return "the provider's answer has no content";
+    bool any = false;
+    for (auto block : content) {
+      std::string_view type, t;
+      if (block["type"].get_string().get(type) || type != "text") continue;
+      if (block["text"].get_string().get(t)) return "the provider's answer is malformed";
+      text += t;
+      any = true;
+    }
+    if (!any) return "the provider's answer has no text";
+    return std::nullopt;
+  }
+  ondemand::array choices;
+  if (doc["choices"].get_array().get(choices)) return "the provider's answer has no choices";
+  for (auto choice : choices) {
+    ondemand::object c;
+    if (choice.get_object().get(c)) return "the provider's answer is malformed";
+    std::string_view finish;
+    bool has_finish = !c["finish_reason"].get_string().get(finish);
+    std::string_view content;
+    ondemand::value msg;
+    if (c["message"].get(msg) || msg["content"].get_string().get(content)) {
+      return std::string("the provider's answer has no content") +
+             (has_finish ? " (finish_reason " + std::string(finish) + ")" : "");
+    }
+    text = content;
+    return std::nullopt;
+  }
+  return "the provider's answer has no choices";
+}
+
+asio::awaitable<NodeResult> RunModel(const Node& node, const NodeInputs& in, NodeEnv& env) {
+  const bool anthropic = node.type == "claude-anthropic-processor";
+  const Provider& p = anthropic                               ? env.providers.anthropic
+                      : node.type == "openrouter-processor" ? env.providers.openrouter
+                      : node.type == "deepseek-processor"   ? env.providers.deepseek
+                                                            : env.providers.openai;
+  const std::string prompt = in.Text("prompt");
+  const std::string context = in.Text("context");
+  std::string body;
+  JsonWriter w(body);
+  w.BeginObject();
+  net::Outbound req;
+  req.method = http::verb::post;
+  req.timeout = node.kind->timeout;
+  req.guarded = false;  // the operator chose this endpoint
+  req.headers.push_back({"Content-Type", "application/json"});
+  if (anthropic) {
+    int64_t max_tokens = 1024;
+    if (const Value* m = in.Get("max_tokens"); m && m->kind == Value::Kind::kNumber) {
+      std::from_chars(m->text.data(), m->text.data() + m->text.size(), max_tokens);
+    }
+    w.Key("model").String(in.Text("model", "claude-3-5-haiku-latest")).Key("max_tokens").Int(max_tokens);
+    if (!context.empty()) w.Key("system").String(context);
+    w.Key("messages").BeginArray().BeginObject().Key("role").String("user").Key("content").String(prompt);
+    w.EndObject().EndArray();
+    req.url = JoinUrl(p.base_url, "v1/messages");
+    req.headers.push_back({"x-api-key", p.api_key});
+    req.headers.push_back({"anthropic-version", "2023-06-01"});
+  } else {
+    w.Key("model").String(in.Text("model", "gpt-4o-mini")).Key("messages").BeginArray();
+    if (!context.empty()) w.BeginObject().Key("role").String("system").Key("content").String(context).EndObject();
+    w.BeginObject().Key("role").String("user").Key("content").String(prompt).EndObject().EndArray();
+    req.url = JoinUrl(p.base_url, "chat/completions");
+    req.headers.push_back({"Authorization", "Bearer " + p.api_key});
+  }
+  w.EndObject();
+  req.body = std::move(body);
+
+  asio::steady_timer pause(co_await asio::this_coro::executor);
+  for (int attempt = 0;; ++attempt) {
+    net::Inbound res = co_await env.http.Fetch(req);
+    if (res.status == 200) {
+      std::string text;
+      if (auto why = ReadCompletion(res.body, anthropic, text)) co_return Failed(*why);
+      co_return NodeResult{Value::String(std::move(text)), std::nullopt};
+    }
+    const bool retryable = res.status == 429 || res.status >= 500;
+    if (!retryable || attempt == kModelRetries) {
+      std::string what = res.status == 0 ? "the provider could not be reached (" + res.error + ")"
+                                          : "the provider answered " + std::to_string(res.status);
+      if (res.status == 429) what += " (rate limited)";
+      std::string detail = res.status ? ProviderMessage(res.body) : "";
+      if (!detail.empty()) what += ": " + detail;
+      co_return Failed(Redact(std::move(what), p.api_key));
+    }
+    pause.expires_after(RetryAfter(res).value_or(env.retry_base * (1 << attempt)));
+    auto [ec] = co_await pause.async_wait(asio::as_tuple(asio::use_awaitable));
+    if (ec) co_return Failed("canceled");
+  }
+}
+
+asio::awaitable<NodeResult> RunHttpGet(const Node& node, const NodeInputs& in, NodeEnv& env) {
+  net::Outbound req;
+  req.url = in.Text("url");
+  req.timeout = node.kind->timeout;
+  req.max_response = 2 << 20;
+  if (const Value* h = in.Get("headers"); h && (h->kind == Value::Kind::kArray || h->kind == Value::Kind::kObject)) {
+    ondemand::parser parser;
+    simdjson::padded_string padded(h->text);
+    ondemand::document doc;
+    if (!parser.iterate(padded).get(doc)) {
+      if (h->kind == Value::Kind::kArray) {
+        for (auto item : doc.get_array()) {
+          std::string_view k, v;
+          if (!item["key"].get_string().get(k) && !item["value"].get_string().get(v)) req.headers.push_back({std::string(k), std::string(v)});
+        }
+      } else {
+        for (auto f : doc.get_object()) {
+          std::string_view k, v;
+          if (!f.unescaped_key().get(k) && !f.value().get_string().get(v)) req.headers.push_back({std::string(k), std::string(v)});
+        }
+      }
+    }
+  }
+  for (const auto& [k, v] : req.headers) {
+    if (k.find_first_of("\r\n:") != std::string::npos || v.find_first_of("\r\n") != std::string::npos) {
+      co_return Failed("a header name or value holds a line break or colon");
+    }
+  }
+  net::Inbound res = co_await env.http.Fetch(req);
+  if (res.status == 0) co_return Failed("the request failed: " + res.error);
+  if (res.status >= 300 && res.status < 400) {
+    co_return Failed("the server answered " + std::to_string(res.status) + " (redirects are not followed)");
+  }
+  if (res.status >= 400) co_return Failed("the server answered " + std::to_string(res.status));
+  auto ct = res.headers.find(http::field::content_type);
+  if (ct != res.headers.end() && IsJsonContentType(ct->value())) {
+    ondemand::parser parser;
+    ondemand::document doc;
+    ondemand::value v;
+    Value parsed;
+    if (!parser.iterate(Padded(res.body)).get(doc) && !doc.get_value().get(v) &&
+        ReadValue(v, 1, parsed) == JsonError::kNone && AtEnd(doc)) {
+      co_return NodeResult{std::move(parsed), std::nullopt};
+    }
+  }
+  co_return NodeResult{Value::String(std::move(res.body)), std::nullopt};
+}
 
 }  // namespace
 
@@ -21,7 +240,25 @@ const NodeKind* FindKind(std::string_view type) {
   for (const auto& k : kKinds) {
     if (k.type == type) return &k;
   }
-  return nullptr;
+  return type == kClaude.type ? &kClaude : nullptr;
+}
+
+Providers Providers::FromEnvironment() {
+  Providers p;
+  p.openai = {Env("OPENAI_BASE_URL", "https://api.openai.com/v1"), Env("OPENAI_API_KEY")};
+  p.openrouter = {Env("OPENROUTER_BASE_URL", "https://openrouter.ai/api/v1"), Env("OPENROUTER_API_KEY")};
+  p.deepseek = {Env("DEEPSEEK_BASE_URL", "https://api.deepseek.com"), Env("DEEPSEEK_API_KEY")};
+  p.anthropic = {Env("ANTHROPIC_BASE_URL", "https://api.anthropic.com"), Env("ANTHROPIC_API_KEY")};
+  return p;
+}
+
+std::string Redact(std::string text, std::string_view key) {
+  if (key.empty()) return text;
+  for (size_t at = text.find(key); at != std::string::npos; at = text.find(key, at)) {
+    text.replace(at, key.size(), "[redacted]");
+    at += 10;
+  }
+  return text;
 }
 
 const Value* NodeInputs::Get(std::string_view field) const {
@@ -67,25 +304,66 @@ std::string RenderTemplate(std::string_view prompt, const std::vector<std::strin
   return out;
 }
 
-Value RunLocalNode(const Node& node, const NodeInputs& in, const Value* run_input) {
+std::optional<std::string> ReplaceText(const NodeInputs& in, std::string& out) {
+  const std::string text = in.Text("input_text");
+  const std::string search = in.Text("search_text");
+  const std::string replacement = in.Text("replacement_text");
+  const bool all = BoolField(in, "replace_all", true);
+  const bool case_sensitive = BoolField(in, "case_sensitivity", true);
+  const bool use_regex = BoolField(in, "use_regex", false);
+  if (text.size() > kMaxReplaceInput) return "input_text is longer than 1 MiB";
+  if (search.empty()) {
+    out = text;
+    return std::nullopt;
+  }
+  try {
+    using boost::regex_constants::match_flag_type;
+    using boost::regex_constants::syntax_option_type;
+    syntax_option_type flags = boost::regex::ECMAScript;
+    if (!case_sensitive) flags = static_cast<syntax_option_type>(flags | boost::regex::icase);
+    if (!use_regex) flags = static_cast<syntax_option_type>(flags | boost::regex::literal);
+    boost::regex re(search, flags);
+    match_flag_type fmt = use_regex ? boost::regex_constants::format_default : boost::regex_constants::format_literal;
+    if (!all) fmt = static_cast<match_flag_type>(fmt | boost::regex_constants::format_first_only);
+    out = boost::regex_replace(text, re, replacement, fmt);
+  } catch (const boost::regex_error& e) {
+    return std::string("search_text is not a valid regular expression: ") + e.what();
+  } catch (const std::runtime_error&) {
+    // Boost.Regex gives up on matches that would take too long (catastrophic backtracking).
+    return "the regular expression is too expensive to match against this text";
+  }
+  return std::nullopt;
+}
+
+NodeResult RunLocalNode(const Node& node, const NodeInputs& in, const Value* run_input) {
   const std::string& t = node.type;
   if (t == "api-input") {
-    if (run_input) return *run_input;
+    if (run_input) return {*run_input, std::nullopt};
     const Value* d = node.Field("default_value");
-    return d ? *d : Value::String("");
+    return {d ? *d : Value::String(""), std::nullopt};
   }
-  if (t == "input-text") return Value::String(in.Text("inputText"));
+  if (t == "input-text") return {Value::String(in.Text("inputText")), std::nullopt};
   if (t == "api-output" || t == "transition" || t == "display") {
     const Value* v = in.Get("input");
-    return v ? *v : Value{};
+    return {v ? *v : Value{}, std::nullopt};
   }
   if (t == "merger-prompt") {
     std::vector<std::string> values;
     values.reserve(node.input_names.size());
     for (const auto& name : node.input_names) values.push_back(in.Text(name));
-    return Value::String(RenderTemplate(in.Text("prompt"), values));
+    return {Value::String(RenderTemplate(in.Text("prompt"), values)), std::nullopt};
   }
-  return Value{};
+  if (t == "replace-text") {
+    std::string out;
+    if (auto why = ReplaceText(in, out)) return Failed(*why);
+    return {Value::String(std::move(out)), std::nullopt};
+  }
+  return Failed("node kind " + t + " cannot run in place");
+}
+
+asio::awaitable<NodeResult> RunRemoteNode(const Node& node, const NodeInputs& in, NodeEnv& env) {
+  if (node.type == "http-get-processor") co_return co_await RunHttpGet(node, in, env);
+  co_return co_await RunModel(node, in, env);
 }
 
 }  // namespace flowd::flow

@@ -3,12 +3,18 @@
 // Node functions are pure and run on the run's strand.
 #pragma once
 
+#include <boost/asio/awaitable.hpp>
+
+#include <chrono>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
 
+#include "base/error.h"
 #include "base/json.h"
 #include "flow/flow.h"
+#include "net/http_client.h"
 
 namespace flowd::flow {
 
@@ -19,6 +25,7 @@ struct NodeKind {
   std::string_view primary;
   std::vector<std::string_view> required;  // fields that must be set or wired
   uint32_t outputs = 1;
+  std::chrono::milliseconds timeout{0};     // 0: runs in place, never suspends
 };
 
 inline constexpr std::string_view kPrimaryInputNames = "*inputNames";
@@ -41,8 +48,42 @@ class NodeInputs {
 // in one left-to-right pass, so text that a value brings in is never scanned again.
 std::string RenderTemplate(std::string_view prompt, const std::vector<std::string>& values);
 
+// Where model calls go: base URL and key per provider, from the environment
+// (OPENAI_BASE_URL / OPENAI_API_KEY, OPENROUTER_*, DEEPSEEK_*, ANTHROPIC_*).
+struct Provider {
+  std::string base_url;
+  std::string api_key;
+};
+struct Providers {
+  Provider openai, openrouter, deepseek, anthropic;
+  static Providers FromEnvironment();
+};
+
+// What nodes that reach outside the process use. Borrowed; outlives every run.
+struct NodeEnv {
+  net::HttpClient& http;
+  const Providers& providers;
+  // Backoff before retrying a model call when the provider gives no Retry-After.
+  std::chrono::milliseconds retry_base{500};
+};
+
+struct NodeResult {
+  Value value;
+  std::optional<Error> error;  // code node_failed or node_timeout; the message is safe to show
+};
+
+// Runs a node of a kind with a timeout (one that suspends), on the caller's executor.
+boost::asio::awaitable<NodeResult> RunRemoteNode(const Node& node, const NodeInputs& in, NodeEnv& env);
+
+// Replaces every `key` (when non-empty) in `text` with "[redacted]".
+std::string Redact(std::string text, std::string_view key);
+
+// replace-text. Fails (returns an error message) on a pattern that does not compile or a
+// match that exceeds the regex engine's work limit.
+std::optional<std::string> ReplaceText(const NodeInputs& in, std::string& out);
+
 // Runs a node kind that needs nothing outside the process. `run_input` is the run's value
 // for an api-input node (nullptr: use the default).
-Value RunLocalNode(const Node& node, const NodeInputs& in, const Value* run_input);
+NodeResult RunLocalNode(const Node& node, const NodeInputs& in, const Value* run_input);
 
 }  // namespace flowd::flow

@@ -54,6 +54,9 @@ std::string EncodeRecord(const RunRecord& r) {
   w.Key("nodes_done").Int(r.nodes_done).Key("nodes_total").Int(r.nodes_total).Key("save").Bool(r.save);
   WriteValues(w, "inputs", r.inputs);
   WriteValues(w, "outputs", r.outputs);
+  w.Key("events").BeginArray();
+  for (const auto& e : r.events) w.Raw(e);
+  w.EndArray();
   if (!r.error_code.empty()) {
     w.Key("error_code").String(r.error_code).Key("error_message").String(r.error_message);
     w.Key("error_node").String(r.error_node);
@@ -91,6 +94,15 @@ bool DecodeRecord(std::string_view json, RunRecord& r) {
       bool b;
       if (v.get_bool().get(b)) return false;
       r.save = b;
+    } else if (k == "events") {
+      ondemand::array arr;
+      if (v.get_array().get(arr)) return false;
+      for (auto e : arr) {
+        Value ev;
+        ondemand::value ev_value;
+        if (e.get(ev_value) || ReadValue(ev_value, 2, ev) != JsonError::kNone) return false;
+        r.events.push_back(std::move(ev.text));
+      }
     } else if (k == "inputs" || k == "outputs") {
       if (!ReadValues(v, k == "inputs" ? r.inputs : r.outputs)) return false;
     } else {

@@ -34,6 +34,7 @@ struct RunRecord {
   NamedValues inputs;    // as the client sent them (defaults are applied when it runs)
   NamedValues outputs;   // by api_output_name
   std::string error_code, error_message, error_node;
+  std::vector<std::string> events;  // each a JSON object; event N is events[N-1]
 };
 
 // The stored form (all fields, inputs included).

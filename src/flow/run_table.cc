@@ -2,7 +2,23 @@
 
 #include <functional>
 
+#include <boost/asio/post.hpp>
+
 namespace flowd::flow {
+
+void RunControl::Publish(std::string event_json, bool end) {
+  std::vector<std::shared_ptr<boost::asio::steady_timer>> wake_up;
+  {
+    std::lock_guard lock(mu);
+    if (!event_json.empty()) events.push_back(std::move(event_json));
+    if (end) ended = true;
+    wake_up.swap(waiters);
+  }
+  // A timer belongs to its waiter's executor: cancel it there.
+  for (auto& t : wake_up) {
+    boost::asio::post(t->get_executor(), [t] { t->cancel(); });
+  }
+}
 
 std::string RunTable::Entry::Render() const {
   if (const std::string* done = final_json.load(std::memory_order_acquire)) return *done;

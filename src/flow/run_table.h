@@ -13,8 +13,12 @@
 // until it marks it evictable; the table owns the memory.
 #pragma once
 
+#include <boost/asio/any_io_executor.hpp>
+#include <boost/asio/steady_timer.hpp>
+
 #include <atomic>
 #include <cstdint>
+#include <mutex>
 #include <memory>
 #include <string>
 #include <string_view>
@@ -24,18 +28,38 @@
 
 namespace flowd::flow {
 
+// What others may ask of a live run, and what they may wait for: its events, its end, a
+// cancel. Shared by the run's coroutine and the entry that readers find (so a reader that
+// holds it may outlive the entry). `mu` guards the fields marked so; `wake` belongs to the
+// run's strand.
+struct RunControl {
+  std::atomic<bool> cancel_requested{false};
+
+  std::mutex mu;
+  bool ended = false;                  // guarded by mu
+  std::vector<std::string> events;     // guarded by mu; event N is events[N-1]
+  std::vector<std::shared_ptr<boost::asio::steady_timer>> waiters;  // guarded by mu
+
+  boost::asio::any_io_executor strand;              // the run's
+  boost::asio::steady_timer* wake = nullptr;        // strand only: interrupts the scheduler
+
+  // Records an event (or the end) and wakes every waiter on its own executor.
+  void Publish(std::string event_json, bool end);
+};
+
 class RunTable {
  public:
   struct Entry {
-    explicit Entry(const RunRecord& r)
+    Entry(const RunRecord& r, std::shared_ptr<RunControl> c)
         : run_id(r.run_id), flow_id(r.flow_id), account(r.account), flow_version(r.flow_version),
-          created_at(r.created_at), nodes_total(r.nodes_total), status(r.status) {}
+          created_at(r.created_at), nodes_total(r.nodes_total), control(std::move(c)), status(r.status) {}
     ~Entry() { delete final_json.load(); }
 
     const std::string run_id, flow_id, account;
     const uint32_t flow_version;
     const int64_t created_at;
     const uint32_t nodes_total;
+    const std::shared_ptr<RunControl> control;  // null for an ended run read back from the store
     std::atomic<RunStatus> status;
     std::atomic<int64_t> started_at{0};
     std::atomic<uint32_t> nodes_done{0};

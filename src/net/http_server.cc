@@ -5,15 +5,19 @@
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/strand.hpp>
 #include <boost/asio/use_awaitable.hpp>
+#include <boost/asio/ssl/error.hpp>
 #include <boost/asio/write.hpp>
 #include <boost/beast/core/flat_buffer.hpp>
 #include <boost/beast/core/tcp_stream.hpp>
 #include <boost/beast/http/read.hpp>
 #include <boost/beast/http/write.hpp>
+#include <boost/beast/http/empty_body.hpp>
 #include <boost/beast/http/parser.hpp>
+#include <boost/beast/http/serializer.hpp>
 
 #include "base/log.h"
 #include "base/spawn.h"
+#include "net/http_read.h"
 
 namespace flowd::net {
 namespace asio = boost::asio;
@@ -25,7 +29,6 @@ using asio::use_awaitable;
 
 namespace {
 
-constexpr size_t kReadSize = 64 << 10;
 constexpr size_t kMaxChunkExtensions = 1024;
 
 // The refusal for a request the transport could not read, or nothing when the peer is
@@ -87,11 +90,10 @@ asio::awaitable<void> Server::AcceptLoop() {
 
 asio::awaitable<void> Server::Session(tcp::socket socket) {
   beast::tcp_stream stream(std::move(socket));
-  // One buffer per connection. Nothing but the head (and a body's framing: chunk lines,
-  // trailers) ever sits in it unparsed, so it never needs to hold more than the head limit
-  // plus one read.
-  const size_t max_buffered = options_.max_header + kReadSize;
-  beast::flat_buffer buffer(max_buffered);
+  // One buffer per connection. Only framing (the head, chunk lines, trailers) ever waits in
+  // it unparsed, and that is capped at the head limit: the buffer never holds more than
+  // that plus one read.
+  beast::flat_buffer buffer(options_.max_header + kReadSize);
   auto send = [&](Response& res) -> asio::awaitable<bool> {
     stream.expires_after(options_.write_timeout);
     auto [ec, n] = co_await http::async_write(stream, res, as_tuple(use_awaitable));
@@ -123,40 +125,9 @@ asio::awaitable<void> Server::Session(tcp::socket socket) {
     parser.body_limit(options_.max_body);
     parser.on_chunk_header(on_chunk);
 
-    // Feeds the parser from the buffer, reading more as needed, until `done()`. Parsing runs
-    // here, inside the coroutine, so anything the parser throws is caught and answered.
     const auto head_deadline = std::chrono::steady_clock::now() + options_.header_timeout;
-    auto pump = [&](auto deadline, auto done) -> asio::awaitable<boost::system::error_code> {
-      for (;;) {
-        if (done()) co_return boost::system::error_code{};
-        boost::system::error_code ec;
-        size_t used = 0;
-        if (buffer.size() > 0) {
-          try {
-            used = parser.put(buffer.data(), ec);
-          } catch (const std::length_error&) {
-            ec = http::error::header_limit;  // a field longer than Beast can hold
-          } catch (const std::exception&) {
-            ec = http::error::bad_field;
-          }
-          buffer.consume(used);
-          if (ec && ec != http::error::need_more) co_return ec;
-          if (used > 0) continue;
-        }
-        if (buffer.size() >= max_buffered) co_return boost::system::error_code(http::error::header_limit);
-        stream.expires_at(deadline());
-        auto [rec, n] = co_await stream.async_read_some(
-            buffer.prepare(std::min(kReadSize, max_buffered - buffer.size())), as_tuple(use_awaitable));
-        if (rec == asio::error::eof) {
-          parser.put_eof(ec);
-          co_return ec ? ec : (done() ? boost::system::error_code{} : rec);
-        }
-        if (rec) co_return rec;
-        buffer.commit(n);
-      }
-    };
-
-    auto hec = co_await pump([&] { return head_deadline; }, [&] { return parser.is_header_done(); });
+    auto hec = co_await ReadParsed(stream, buffer, parser, options_.max_header, [&] { return head_deadline; },
+                                   [&] { return parser.is_header_done(); });
     if (hec) {
       if (auto res = RefusalFor(hec)) co_await refuse(std::move(*res));
       co_return;
@@ -189,7 +160,8 @@ asio::awaitable<void> Server::Session(tcp::socket socket) {
     // trickle runs out of time.
     const auto body_started = std::chrono::steady_clock::now();
     parser.eager(true);
-    auto bec = co_await pump(
+    auto bec = co_await ReadParsed(
+        stream, buffer, parser, options_.max_header,
         [&] {
           size_t received = parser.get().body().size();
           return body_started + options_.body_grace +
@@ -201,11 +173,19 @@ asio::awaitable<void> Server::Session(tcp::socket socket) {
       co_return;
     }
 
+    // Trailers join the head's fields, and count against the same limit.
+    size_t head_bytes = 0;
+    for (const auto& f : parser.get()) head_bytes += f.name_string().size() + f.value().size() + 4;
+    if (head_bytes > options_.max_header) {
+      co_await refuse(ErrorResponse(431, "headers_too_large", "The request head is larger than this server accepts."));
+      co_return;
+    }
+
     Request req = parser.release();
-    Response res;
+    std::optional<Reply> reply;
     bool failed = false;
     try {
-      res = co_await handler_.Handle(req);
+      reply.emplace(co_await handler_.Handle(req));
     } catch (const std::exception& e) {
       Log(LogLevel::kError, "request handler failed", {{"error", e.what()}, {"target", std::string(req.target())}});
       failed = true;
@@ -214,7 +194,12 @@ asio::awaitable<void> Server::Session(tcp::socket socket) {
       co_await refuse(ErrorResponse(500, "internal", "The server failed to answer this request."));
       co_return;
     }
+    Response& res = reply->response;
     res.version(req.version());
+    if (reply->stream) {
+      co_await Stream(stream, res, reply->stream);
+      co_return;
+    }
     res.keep_alive(req.keep_alive() && !draining() && res.keep_alive());
     if (!co_await send(res)) co_return;
     if (!res.keep_alive()) {
@@ -223,6 +208,39 @@ asio::awaitable<void> Server::Session(tcp::socket socket) {
       co_return;
     }
   }
+}
+
+class Server::Sink : public StreamSink {
+ public:
+  Sink(beast::tcp_stream& stream, const Server& server) : stream_(stream), server_(server) {}
+  asio::awaitable<bool> Write(std::string_view bytes) override {
+    stream_.expires_after(server_.options_.write_timeout);
+    auto [ec, n] = co_await asio::async_write(stream_, asio::buffer(bytes), as_tuple(use_awaitable));
+    co_return !ec;
+  }
+  bool stopping() const override { return server_.draining(); }
+
+ private:
+  beast::tcp_stream& stream_;
+  const Server& server_;
+};
+
+asio::awaitable<void> Server::Stream(beast::tcp_stream& stream, const Response& head_fields,
+                                     const std::function<asio::awaitable<void>(StreamSink&)>& produce) {
+  http::response<http::empty_body> head{head_fields.result(), head_fields.version()};
+  for (const auto& f : head_fields) {
+    if (f.name() != http::field::content_length) head.set(f.name_string(), f.value());
+  }
+  head.keep_alive(false);
+  http::response_serializer<http::empty_body> serializer{head};
+  stream.expires_after(options_.write_timeout);
+  auto [ec, n] = co_await http::async_write_header(stream, serializer, as_tuple(use_awaitable));
+  if (!ec) {
+    Sink sink(stream, *this);
+    co_await produce(sink);
+  }
+  boost::system::error_code ignored;
+  stream.socket().shutdown(tcp::socket::shutdown_send, ignored);
 }
 
 asio::awaitable<void> Server::Drain(std::chrono::milliseconds timeout) {

@@ -17,10 +17,13 @@
 #include <boost/asio/awaitable.hpp>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/ip/tcp.hpp>
+#include <boost/beast/core/tcp_stream.hpp>
 
 #include <atomic>
 #include <chrono>
+#include <functional>
 #include <optional>
+#include <string_view>
 
 #include "net/http_message.h"
 
@@ -36,6 +39,24 @@ struct ServerOptions {
   std::chrono::milliseconds write_timeout{10'000};
 };
 
+// Where a streamed body goes (Server-Sent Events). Runs on the connection's strand.
+class StreamSink {
+ public:
+  virtual ~StreamSink() = default;
+  // False once the client is gone or too slow (the write deadline passed).
+  virtual boost::asio::awaitable<bool> Write(std::string_view bytes) = 0;
+  // True when the server is shutting down: producers should finish.
+  virtual bool stopping() const = 0;
+};
+
+// A handler's answer: a complete response, or a head whose body `stream` produces over
+// time. A streamed response has no Content-Length; the connection closes after it.
+struct Reply {
+  Reply(Response r) : response(std::move(r)) {}  // NOLINT: every plain response is a Reply
+  Response response;
+  std::function<boost::asio::awaitable<void>(StreamSink&)> stream;
+};
+
 class Handler {
  public:
   virtual ~Handler() = default;
@@ -44,7 +65,7 @@ class Handler {
   virtual std::optional<Response> Precheck(const Request& head) = 0;
   // Answers one request. Runs on the connection's strand. An escaped exception becomes
   // a 500 and closes the connection.
-  virtual boost::asio::awaitable<Response> Handle(Request& req) = 0;
+  virtual boost::asio::awaitable<Reply> Handle(Request& req) = 0;
 };
 
 class Server {
@@ -65,6 +86,9 @@ class Server {
  private:
   boost::asio::awaitable<void> AcceptLoop();
   boost::asio::awaitable<void> Session(boost::asio::ip::tcp::socket socket);
+  class Sink;
+  boost::asio::awaitable<void> Stream(boost::beast::tcp_stream& stream, const Response& head,
+                                      const std::function<boost::asio::awaitable<void>(StreamSink&)>& produce);
 
   boost::asio::io_context& ioc_;
   Handler& handler_;

@@ -18,7 +18,7 @@ std::unique_ptr<RunTable::Entry> NewEntry(const std::string& id) {
   r.flow_id = "flow";
   r.account = "acct";
   r.nodes_total = 3;
-  return std::make_unique<RunTable::Entry>(r);
+  return std::make_unique<RunTable::Entry>(r, nullptr);
 }
 
 }  // namespace

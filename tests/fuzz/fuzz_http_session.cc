@@ -1,0 +1,251 @@
+// Fuzzes the real HTTP/1.1 session of flowd::net::Server with raw bytes from a client.
+//
+// One Server listens on 127.0.0.1 (a free port) for the whole process, its io_context run
+// by a background thread; libFuzzer calls the target many times in one process, so this
+// state is created once and never torn down. Its Handler answers 200 with the length of
+// the body it got (or refuses, or throws, by target prefix, to reach those paths too). All
+// deadlines are 200 ms and the limits small, so the refusals are within the fuzzer's reach.
+//
+// For each input: connect, write the bytes, shut down the write side, read until the
+// server closes (or resets), bounded by a deadline.
+//
+// Properties:
+//   - the server never crashes (ASan and UBSan watch its thread too) and always closes the
+//     connection after the client's end of input, well within the deadline;
+//   - what it wrote splits cleanly into responses: each starts with "HTTP/1.1 " (or
+//     "HTTP/1.0 ", the version flowd answers an HTTP/1.0 request with), a 3-digit status
+//     and a space; a final response has Content-Length and all of its body; 1xx is only
+//     100 Continue; nothing follows a response that said Connection: close;
+//   - the handler never sees a body over max_body.
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <boost/asio/awaitable.hpp>
+#include <boost/asio/executor_work_guard.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/ip/address.hpp>
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/beast/core/string.hpp>
+
+#include <cerrno>
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <string_view>
+#include <thread>
+
+#include "base/log.h"
+#include "fuzz_check.h"
+#include "net/http_message.h"
+#include "net/http_server.h"
+
+namespace {
+
+namespace asio = boost::asio;
+namespace beast = boost::beast;
+using flowd::fuzz::Check;
+using flowd::net::Request;
+using flowd::net::Response;
+
+constexpr size_t kMaxBody = 2048;
+constexpr size_t kMaxHeader = 2048;
+constexpr std::chrono::milliseconds kServerTimeout{200};
+// Far beyond every server deadline: reaching it means the server kept a finished
+// connection open.
+constexpr std::chrono::milliseconds kClientDeadline{5000};
+
+class LengthHandler final : public flowd::net::Handler {
+ public:
+  std::optional<Response> Precheck(const Request& head) override {
+    if (head.target().starts_with("/refuse")) return flowd::net::ErrorResponse(401, "unauthorized", "Refused.");
+    return std::nullopt;
+  }
+
+  asio::awaitable<Response> Handle(Request& req) override {
+    Check(req.body().size() <= kMaxBody, "the handler got a body over max_body");
+    if (req.target().starts_with("/throw")) throw std::runtime_error("the fuzz handler throws on /throw");
+    co_return flowd::net::JsonResponse(200, std::to_string(req.body().size()));
+  }
+};
+
+flowd::net::ServerOptions FuzzOptions() {
+  flowd::net::ServerOptions o;
+  o.max_body = kMaxBody;
+  o.max_header = kMaxHeader;
+  o.idle_timeout = kServerTimeout;
+  o.header_timeout = kServerTimeout;
+  o.body_grace = kServerTimeout;
+  o.write_timeout = kServerTimeout;
+  return o;
+}
+
+struct Harness {
+  asio::io_context ioc{1};
+  asio::executor_work_guard<asio::io_context::executor_type> work = asio::make_work_guard(ioc);
+  LengthHandler handler;
+  flowd::net::Server server{ioc, handler, FuzzOptions()};
+  uint16_t port = 0;
+  std::thread loop;
+};
+
+// Never destroyed: the loop thread runs until the process exits.
+Harness& RunningServer() {
+  static Harness* harness = [] {
+    auto* h = new Harness;
+    std::string error;
+    Check(h->server.Listen({asio::ip::make_address("127.0.0.1"), 0}, &error), "the server cannot listen");
+    h->port = h->server.local_endpoint().port();
+    h->server.Start();
+    h->loop = std::thread([h] { h->ioc.run(); });
+    return h;
+  }();
+  return *harness;
+}
+
+struct Exchange {
+  std::string received;
+  bool reset = false;  // the server reset the connection: the tail may be cut off
+};
+
+// Writes `request`, half-closes, and reads until the server closes.
+Exchange Converse(uint16_t port, std::string_view request) {
+  int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  Check(fd >= 0, "socket() failed");
+  struct Closer {
+    int fd;
+    ~Closer() { ::close(fd); }
+  } closer{fd};
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(port);
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  Check(::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0, "cannot connect to the server");
+  Check(::fcntl(fd, F_SETFL, O_NONBLOCK) == 0, "fcntl(O_NONBLOCK) failed");
+
+  Exchange ex;
+  size_t written = 0;
+  bool write_done = false;
+  auto finish_writing = [&] {
+    ::shutdown(fd, SHUT_WR);
+    write_done = true;
+  };
+  if (request.empty()) finish_writing();
+  const auto deadline = std::chrono::steady_clock::now() + kClientDeadline;
+  char chunk[16 << 10];
+  for (;;) {
+    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+    Check(left.count() > 0, "the server kept the connection open after the client finished");
+    pollfd p{fd, static_cast<short>(POLLIN | (write_done ? 0 : POLLOUT)), 0};
+    int ready = ::poll(&p, 1, static_cast<int>(left.count()));
+    if (ready < 0 && errno == EINTR) continue;
+    Check(ready >= 0, "poll() failed");
+    if (ready == 0) continue;
+    if (!write_done && (p.revents & (POLLOUT | POLLERR | POLLHUP))) {
+      ssize_t n = ::send(fd, request.data() + written, request.size() - written, MSG_NOSIGNAL);
+      if (n > 0) {
+        written += static_cast<size_t>(n);
+        if (written == request.size()) finish_writing();
+      } else if (n < 0 && errno != EAGAIN && errno != EINTR) {
+        write_done = true;  // the server stopped reading and closed: read what it said
+      }
+    }
+    if (p.revents & (POLLIN | POLLERR | POLLHUP)) {
+      ssize_t n = ::recv(fd, chunk, sizeof chunk, 0);
+      if (n > 0) {
+        ex.received.append(chunk, static_cast<size_t>(n));
+      } else if (n == 0) {
+        return ex;
+      } else if (errno != EAGAIN && errno != EINTR) {
+        ex.reset = true;
+        return ex;
+      }
+    }
+  }
+}
+
+bool AllDigits(std::string_view s) {
+  if (s.empty()) return false;
+  for (char c : s) {
+    if (c < '0' || c > '9') return false;
+  }
+  return true;
+}
+
+std::string_view Trim(std::string_view s) {
+  while (!s.empty() && (s.front() == ' ' || s.front() == '\t')) s.remove_prefix(1);
+  while (!s.empty() && (s.back() == ' ' || s.back() == '\t')) s.remove_suffix(1);
+  return s;
+}
+
+// Walks the responses in `ex.received`, checking each one's framing.
+void CheckResponses(const Exchange& ex) {
+  std::string_view rest = ex.received;
+  while (!rest.empty()) {
+    size_t head_end = rest.find("\r\n\r\n");
+    if (head_end == std::string_view::npos) {
+      Check(ex.reset, "a response head is cut off");
+      return;
+    }
+    std::string_view head = rest.substr(0, head_end + 2);
+    Check(head.starts_with("HTTP/1.1 ") || head.starts_with("HTTP/1.0 "),
+          "a response does not start with HTTP/1.1 (or HTTP/1.0)");
+    Check(head.size() > 13 && AllDigits(head.substr(9, 3)) && head[12] == ' ',
+          "a response's status is not 3 digits and a space");
+    unsigned status = std::stoul(std::string(head.substr(9, 3)));
+    Check(status >= 100 && status <= 599, "a response's status is outside 100-599");
+
+    std::string_view fields = head.substr(head.find("\r\n") + 2);
+    bool has_length = false, closes = false;
+    size_t length = 0;
+    while (!fields.empty()) {
+      size_t eol = fields.find("\r\n");
+      std::string_view line = fields.substr(0, eol);
+      fields.remove_prefix(eol + 2);
+      size_t colon = line.find(':');
+      Check(colon != std::string_view::npos && colon > 0, "a response header line has no name");
+      std::string_view name = line.substr(0, colon);
+      std::string_view value = Trim(line.substr(colon + 1));
+      if (beast::iequals(name, "Content-Length")) {
+        Check(!has_length, "a response has two Content-Length headers");
+        Check(AllDigits(value) && value.size() < 10, "a response's Content-Length is not a small number");
+        has_length = true;
+        length = std::stoul(std::string(value));
+      } else if (beast::iequals(name, "Connection")) {
+        closes = closes || beast::iequals(value, "close");
+      }
+    }
+    rest.remove_prefix(head_end + 4);
+    if (status < 200) {
+      Check(status == 100, "an interim response other than 100 Continue");
+      continue;
+    }
+    Check(has_length, "a final response without Content-Length");
+    if (rest.size() < length) {
+      Check(ex.reset, "a response body is cut off");
+      return;
+    }
+    rest.remove_prefix(length);
+    if (closes) Check(rest.empty(), "bytes after a response that said Connection: close");
+  }
+}
+
+}  // namespace
+
+extern "C" int LLVMFuzzerInitialize(int*, char***) {
+  flowd::SetLogLevel(flowd::LogLevel::kWarn);
+  RunningServer();
+  return 0;
+}
+
+extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
+  Exchange ex = Converse(RunningServer().port, std::string_view(reinterpret_cast<const char*>(data), size));
+  CheckResponses(ex);
+  return 0;
+}
