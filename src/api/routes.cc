@@ -5,6 +5,7 @@
 
 #include <charconv>
 
+#include "api/api_view.h"
 #include "base/clock.h"
 #include "base/ids.h"
 #include "base/json.h"
@@ -245,6 +246,17 @@ asio::awaitable<Response> Routes::Flows(Call& c) {
     auto result = co_await catalog_.Save(account, NewUuidV4(), std::move(flow));
     if (result.error) co_return Fail(*result.error);
     co_return JsonResponse(201, SavedJson(result.saved));
+  }
+  if (p.size() == 3 && p[2] == "api" && IsUuid(p[1])) {
+    if (method != http::verb::get) co_return MethodNotAllowed("GET");
+    auto saved = co_await catalog_.Get(account, std::string(p[1]));
+    if (!saved) co_return NotFound();
+    std::string host = "127.0.0.1:8080";
+    if (auto h = c.req.find(http::field::host); h != c.req.end() && !h->value().empty() &&
+        h->value().find_first_of(" '\"\\`$<>\r\n") == std::string_view::npos) {
+      host = std::string(h->value());
+    }
+    co_return JsonResponse(200, RenderApiView(*saved, "http://" + host));
   }
   if (p.size() != 2 || !IsUuid(p[1])) co_return NotFound();
   std::string flow_id(p[1]);

@@ -1253,6 +1253,41 @@ def sigterm_exits_0(ctx):
     expect_status(ctx.a.get(f"/v1/flow/{ctx.echo()}"), 200)
 
 
+# --------------------------------------------------------------------------- API Builder view
+
+@check
+def api_builder_view_and_snippets_run(ctx):
+    """GET /v1/flow/{id}/api lists inputs, outputs and runnable snippets; each snippet, run
+    with curl, python3 and node against this server, prints the finished run."""
+    flow_id = ctx.echo()
+    st, _, view = ctx.a.get(f"/v1/flow/{flow_id}/api")
+    expect(st == 200, f"status {st}: {short(view)}")
+    expect(view["flow_id"] == flow_id and view["version"] >= 1, short(view))
+    expect(view["inputs"] == [
+        {"name": "topic", "default": None, "required": True},
+        {"name": "tone", "default": "neutral", "required": False},
+        {"name": "count", "default": "3", "required": False}], short(view["inputs"]))
+    expect(view["outputs"] == [{"name": "text", "source": "merge0001#merger-prompt"}], short(view["outputs"]))
+    expect(view["webhooks"] == [], short(view["webhooks"]))
+    for name, snippet in view["snippets"].items():
+        expect(ctx.key_a not in snippet, f"{name} snippet holds the key")
+        expect("FLOWD_API_KEY" in snippet, f"{name} snippet does not read FLOWD_API_KEY")
+    env = dict(os.environ, FLOWD_API_KEY=ctx.key_a)
+    with tempfile.TemporaryDirectory(prefix="flowd-snippets-") as tmp:
+        for name, runner, ext in (("curl", "sh", "sh"), ("python", "python3", "py"), ("javascript", "node", "js")):
+            path = os.path.join(tmp, "snippet." + ext)
+            with open(path, "w") as f:
+                f.write(view["snippets"][name])
+            done = subprocess.run([runner, path], env=env, capture_output=True, timeout=60, text=True)
+            expect(done.returncode == 0, f"{name}: exit {done.returncode}: {done.stderr[-500:]}")
+            result = json.loads(done.stdout)
+            expect(result["status"] == "complete", f"{name}: {short(result)}")
+            # topic has no default, so the snippet sends "" for it.
+            expect(result["outputs"]["text"] == "Topic:  / Tone: neutral / Count: 3", f"{name}: {short(result)}")
+    st, _, _ = ctx.b.get(f"/v1/flow/{flow_id}/api")
+    expect(st == 404, f"another account's view: status {st}")
+
+
 # --------------------------------------------------------------------------- main
 
 def main(argv):

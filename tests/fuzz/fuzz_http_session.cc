@@ -35,6 +35,8 @@
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <cstdio>
+#include <cstdlib>
 #include <optional>
 #include <stdexcept>
 #include <string>
@@ -245,7 +247,14 @@ extern "C" int LLVMFuzzerInitialize(int*, char***) {
 }
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
+  // For triage: FLOWD_FUZZ_SHOW=1 prints what the server wrote for each input.
+  static const bool show = std::getenv("FLOWD_FUZZ_SHOW") != nullptr;
   Exchange ex = Converse(RunningServer().port, std::string_view(reinterpret_cast<const char*>(data), size));
+  if (show) {
+    std::fprintf(stderr, "---- %zu bytes in, %zu bytes out%s\n", size, ex.received.size(), ex.reset ? ", reset" : "");
+    std::fwrite(ex.received.data(), 1, ex.received.size(), stderr);
+    std::fputc('\n', stderr);
+  }
   CheckResponses(ex);
   return 0;
 }
