@@ -30,7 +30,9 @@ void BM_RunTableInsert(benchmark::State& state) {
   size_t next = 0;
   auto refill = [&] {
     table = std::make_unique<RunTable>(kCapacity);
-    for (size_t i = 0; i < resident; ++i) table->Insert(std::make_unique<RunTable::Entry>(recs[kBatch + i]));
+    for (size_t i = 0; i < resident; ++i) {
+      table->Insert(std::make_unique<RunTable::Entry>(recs[kBatch + i], nullptr));
+    }
     next = 0;
   };
   refill();
@@ -40,7 +42,7 @@ void BM_RunTableInsert(benchmark::State& state) {
       refill();
       state.ResumeTiming();
     }
-    if (!table->Insert(std::make_unique<RunTable::Entry>(recs[next++]))) state.SkipWithError("table full");
+    if (!table->Insert(std::make_unique<RunTable::Entry>(recs[next++], nullptr))) state.SkipWithError("table full");
   }
 }
 BENCHMARK(BM_RunTableInsert)->Arg(0)->Arg(100000);
@@ -48,7 +50,7 @@ BENCHMARK(BM_RunTableInsert)->Arg(0)->Arg(100000);
 void BM_RunTableRead(benchmark::State& state) {
   const auto recs = Records(static_cast<size_t>(state.range(0)));
   RunTable table(kCapacity);
-  for (const auto& r : recs) table.Insert(std::make_unique<RunTable::Entry>(r));
+  for (const auto& r : recs) table.Insert(std::make_unique<RunTable::Entry>(r, nullptr));
   size_t i = 0;
   for (auto _ : state) {
     std::string json;

@@ -3,6 +3,7 @@
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/signal_set.hpp>
+#include <boost/asio/thread_pool.hpp>
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/program_options.hpp>
 
@@ -18,6 +19,7 @@
 #include "base/spawn.h"
 #include "flow/catalog.h"
 #include "flow/engine.h"
+#include "flow/webhooks.h"
 #include "net/http_client.h"
 #include "net/http_server.h"
 #include "store/store.h"
@@ -66,6 +68,7 @@ int Fail(const std::string& message) {
 
 int Serve(int argc, char** argv) {
   std::string listen, data, durability, max_body, drain, log_level, ca_file;
+  std::string retry_schedule, webhook_timeout, secret_grace;
   std::vector<std::string> allow_cidrs;
   bool allow_private = false;
   int threads = 1;
@@ -83,6 +86,11 @@ int Serve(int argc, char** argv) {
       ("webhook-allow-private", po::bool_switch(&allow_private), "let outbound requests reach private addresses")
       ("webhook-allow-cidr", po::value(&allow_cidrs)->composing(), "let outbound requests reach this CIDR (repeatable)")
       ("ca-file", po::value(&ca_file), "extra CA certificates (PEM) trusted for outbound https")
+      ("webhook-retry-schedule", po::value(&retry_schedule)->default_value("5s,5m,30m,2h,5h,10h,10h"),
+       "delays between webhook attempts")
+      ("webhook-timeout", po::value(&webhook_timeout)->default_value("15s"), "one webhook attempt")
+      ("webhook-secret-grace", po::value(&secret_grace)->default_value("24h"),
+       "how long the previous webhook secret still signs after a rotation")
       ("help", "this text");
   po::variables_map vm;
   try {
@@ -120,6 +128,22 @@ int Serve(int argc, char** argv) {
     if (!parsed) return Fail("--webhook-allow-cidr: not a CIDR: " + c);
     cidrs.push_back(*parsed);
   }
+  flow::WebhookOptions webhook_options;
+  webhook_options.schedule.clear();
+  for (size_t start = 0; start <= retry_schedule.size();) {
+    size_t comma = std::min(retry_schedule.find(',', start), retry_schedule.size());
+    auto ms = ParseDurationMs(std::string_view(retry_schedule).substr(start, comma - start));
+    if (!ms) return Fail("--webhook-retry-schedule: expected durations such as 5s,5m,30m");
+    webhook_options.schedule.emplace_back(*ms);
+    start = comma + 1;
+  }
+  auto hook_timeout = ParseDurationMs(webhook_timeout);
+  auto grace = ParseDurationMs(secret_grace);
+  if (!hook_timeout || *hook_timeout == 0) return Fail("--webhook-timeout: expected a duration such as 15s");
+  if (!grace) return Fail("--webhook-secret-grace: expected a duration such as 24h");
+  webhook_options.timeout = std::chrono::milliseconds(*hook_timeout);
+  webhook_options.secret_grace = std::chrono::milliseconds(*grace);
+
   net::ClientOptions client_options;
   client_options.policy = net::AddressPolicy(allow_private, std::move(cidrs));
   client_options.ca_file = ca_file;
@@ -141,15 +165,20 @@ int Serve(int argc, char** argv) {
       return Fail(e.what());
     }
     const flow::Providers providers = flow::Providers::FromEnvironment();
-    flow::NodeEnv node_env{*http, providers};
+    flow::WebhookSecrets secrets(*store, webhook_options.secret_grace);
+    flow::Webhooks webhooks(ioc, *store, *http, secrets, webhook_options);
+    asio::thread_pool compute(1);
+    flow::NodeEnv node_env{*http, providers, webhooks, compute};
     flow::Engine engine(ioc, *store, catalog, node_env, {max_queued});
     net::Server* server_ptr = nullptr;
-    api::Routes routes(keys, catalog, engine, *store, [&] { return server_ptr && !server_ptr->draining(); });
+    api::Routes routes(keys, catalog, engine, webhooks, secrets, *store,
+                       [&] { return server_ptr && !server_ptr->draining(); });
     net::Server server(ioc, routes, server_options);
     server_ptr = &server;
     if (!server.Listen({address, static_cast<unsigned short>(port)}, &error)) return Fail("cannot listen on " + listen + ": " + error);
 
     size_t resumed = engine.Resume();
+    size_t resumed_deliveries = webhooks.ResumeSync();
     engine.StartSweeper();
     server.Start();
 
@@ -165,7 +194,8 @@ int Serve(int argc, char** argv) {
 
     auto ep = server.local_endpoint();
     Log(LogLevel::kInfo, "listening on " + ep.address().to_string() + ":" + std::to_string(ep.port()),
-        {{"data", data}, {"durability", durability}, {"resumed_runs", std::to_string(resumed)}});
+        {{"data", data}, {"durability", durability}, {"resumed_runs", std::to_string(resumed)},
+         {"resumed_deliveries", std::to_string(resumed_deliveries)}});
 
     std::vector<std::thread> pool;
     for (int i = 1; i < threads; ++i) pool.emplace_back([&] { ioc.run(); });
@@ -173,6 +203,7 @@ int Serve(int argc, char** argv) {
     for (auto& t : pool) t.join();
     // Completions still in the store's queues are posted to the stopped io_context, which
     // discards them with the rest of its work below.
+    compute.join();
     store->Close();
   }
   Log(LogLevel::kInfo, "stopped");

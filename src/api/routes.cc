@@ -27,6 +27,7 @@ unsigned StatusFor(const std::string& code) {
   if (code == "queue_full" || code == "rate_limited") return 429;
   if (code == "unavailable") return 503;
   if (code == "unsupported_media_type") return 415;
+  if (code == "conflict") return 409;
   return 400;
 }
 
@@ -169,6 +170,7 @@ asio::awaitable<net::Reply> Routes::Handle(Request& req) {
   const auto& p = call.parts;
   if (p.empty()) co_return NotFound();
   if (p[0] == "keys") co_return co_await Keys(call);
+  if (p[0] == "webhook-secret") co_return co_await WebhookSecret(call);
   if (p[0] == "flow" && p.size() >= 3 && (p[2] == "run" || p[2] == "runs")) co_return co_await Runs(call);
   if (p[0] == "flow") co_return co_await Flows(call);
   co_return NotFound();
@@ -370,8 +372,9 @@ asio::awaitable<net::Reply> Routes::Runs(Call& c) {
 }
 
 asio::awaitable<net::Reply> Routes::OneRun(Call& c, const std::string& flow_id) {
-  const auto& p = c.parts;  // flow, {id}, run, {run_id}[, cancel | events]
+  const auto& p = c.parts;  // flow, {id}, run, {run_id}[, cancel | events | deliveries[, {id}, retry]]
   const auto method = c.req.method();
+  if (p.size() >= 5 && p[4] == "deliveries") co_return co_await Deliveries(c, flow_id);
   if (p[3].empty() || p.size() > 5) co_return NotFound();
   const std::string_view action = p.size() == 5 ? p[4] : "";
   if (!action.empty() && action != "cancel" && action != "events") co_return NotFound();
@@ -441,6 +444,52 @@ asio::awaitable<net::Reply> Routes::OneRun(Call& c, const std::string& flow_id) 
     }
   };
   co_return reply;
+}
+
+asio::awaitable<Response> Routes::Deliveries(Call& c, const std::string& flow_id) {
+  const auto& p = c.parts;  // flow, {id}, run, {run_id}, deliveries[, {delivery_id}, retry]
+  const auto method = c.req.method();
+  const bool retry = p.size() == 7 && p[6] == "retry" && !p[5].empty();
+  if (p.size() != 5 && !retry) co_return NotFound();
+  if (method != (retry ? http::verb::post : http::verb::get)) co_return MethodNotAllowed(retry ? "POST" : "GET");
+  const std::string run_id(p[3]);
+  if (!co_await engine_.Find(c.caller->account, flow_id, run_id)) co_return NotFound();
+  if (retry) {
+    flow::Delivery d;
+    if (auto error = co_await webhooks_.Retry(run_id, std::string(p[5]), &d)) {
+      co_return Fail(*error);
+    }
+    co_return JsonResponse(202, flow::RenderDelivery(d));
+  }
+  std::string out;
+  JsonWriter w(out);
+  w.BeginObject().Key("deliveries").BeginArray();
+  auto deliveries = co_await webhooks_.ListForRun(run_id);
+  for (const auto& d : deliveries) w.Raw(flow::RenderDelivery(d));
+  w.EndArray().EndObject();
+  co_return JsonResponse(200, std::move(out));
+}
+
+asio::awaitable<Response> Routes::WebhookSecret(Call& c) {
+  const auto& p = c.parts;  // webhook-secret[, rotate]
+  const bool rotate = p.size() == 2 && p[1] == "rotate";
+  if (p.size() != 1 && !rotate) co_return NotFound();
+  if (c.req.method() != (rotate ? http::verb::post : http::verb::get)) co_return MethodNotAllowed(rotate ? "POST" : "GET");
+  std::optional<flow::AccountSecrets> secrets;  // (no co_await inside ?: — GCC 12 miscompiles it)
+  if (rotate) {
+    secrets = co_await secrets_.Rotate(c.caller->account);
+  } else {
+    secrets = co_await secrets_.Get(c.caller->account);
+  }
+  if (!secrets) co_return Fail({"unavailable", "The store cannot take writes right now.", "", {}});
+  std::string out;
+  JsonWriter w(out);
+  w.BeginObject().Key("secret").String(secrets->current);
+  if (!secrets->previous.empty() && secrets->previous_until > NowMillis()) {
+    w.Key("previous_valid_until").String(FormatTime(secrets->previous_until));
+  }
+  w.EndObject();
+  co_return JsonResponse(200, std::move(out));
 }
 
 }  // namespace flowd::api

@@ -10,6 +10,7 @@
 #include "api/key_ring.h"
 #include "flow/catalog.h"
 #include "flow/engine.h"
+#include "flow/webhooks.h"
 #include "net/http_server.h"
 #include "store/store.h"
 
@@ -18,9 +19,10 @@ namespace flowd::api {
 class Routes : public net::Handler {
  public:
   // `ready` says whether the server accepts runs (false while draining).
-  Routes(KeyRing& keys, flow::Catalog& catalog, flow::Engine& engine, store::Store& store,
-         std::function<bool()> ready)
-      : keys_(keys), catalog_(catalog), engine_(engine), store_(store), ready_(std::move(ready)) {}
+  Routes(KeyRing& keys, flow::Catalog& catalog, flow::Engine& engine, flow::Webhooks& webhooks,
+         flow::WebhookSecrets& secrets, store::Store& store, std::function<bool()> ready)
+      : keys_(keys), catalog_(catalog), engine_(engine), webhooks_(webhooks), secrets_(secrets), store_(store),
+        ready_(std::move(ready)) {}
 
   std::optional<net::Response> Precheck(const net::Request& head) override;
   boost::asio::awaitable<net::Reply> Handle(net::Request& req) override;
@@ -31,10 +33,14 @@ class Routes : public net::Handler {
   boost::asio::awaitable<net::Response> Flows(Call& c);
   boost::asio::awaitable<net::Reply> Runs(Call& c);
   boost::asio::awaitable<net::Reply> OneRun(Call& c, const std::string& flow_id);
+  boost::asio::awaitable<net::Response> Deliveries(Call& c, const std::string& flow_id);
+  boost::asio::awaitable<net::Response> WebhookSecret(Call& c);
 
   KeyRing& keys_;
   flow::Catalog& catalog_;
   flow::Engine& engine_;
+  flow::Webhooks& webhooks_;
+  flow::WebhookSecrets& secrets_;
   store::Store& store_;
   std::function<bool()> ready_;
 };

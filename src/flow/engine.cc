@@ -14,6 +14,7 @@
 #include "base/log.h"
 #include "base/spawn.h"
 #include "flow/nodes.h"
+#include "flow/webhooks.h"
 
 namespace flowd::flow {
 namespace asio = boost::asio;
@@ -136,19 +137,21 @@ asio::awaitable<void> Engine::Execute(std::shared_ptr<const Flow> flow, RunRecor
         finished.push_back({i, RunLocalNode(node, inputs_of(i), run_input)});
         continue;
       }
+      const RunContext run{rec.run_id, rec.account, rec.flow_id, rec.save};
       cancels[i] = std::make_unique<asio::cancellation_signal>();
       in_flight[i] = true;
       ++running;
-      auto task = [](const Node& node, NodeInputs in, NodeEnv& env) -> asio::awaitable<NodeResult> {
+      auto task = [](const Node& node, NodeInputs in, RunContext run, NodeEnv& env) -> asio::awaitable<NodeResult> {
         asio::steady_timer limit(co_await asio::this_coro::executor, node.kind->timeout);
-        auto outcome = co_await (RunRemoteNode(node, in, env) || limit.async_wait(asio::as_tuple(asio::use_awaitable)));
+        auto outcome =
+            co_await (RunRemoteNode(node, in, run, env) || limit.async_wait(asio::as_tuple(asio::use_awaitable)));
         if (outcome.index() == 0) co_return std::get<0>(std::move(outcome));
         co_return NodeResult{Value{}, Error{"node_timeout",
                                             "The node did not finish within " +
                                                 std::to_string(node.kind->timeout.count() / 1000) + " s.",
                                             "", {}}};
       };
-      asio::co_spawn(strand, task(node, inputs_of(i), nodes_),
+      asio::co_spawn(strand, task(node, inputs_of(i), run, nodes_),
                      asio::bind_cancellation_slot(cancels[i]->slot(), [&, i](std::exception_ptr e, NodeResult r) {
                        if (e) r = NodeResult{Value{}, Error{"node_failed", "The node stopped unexpectedly.", "", {}}};
                        finished.push_back({i, std::move(r)});
@@ -223,18 +226,37 @@ asio::awaitable<void> Engine::Finish(RunRecord rec, RunTable::Entry* entry, std:
   RunRecord stored = rec;
   if (!rec.save) stored.outputs.clear();
   const std::string encoded = EncodeRecord(stored);
-  // The final record must land, or the run would run again after a restart; a failing
-  // store (full disk) is retried until it takes the write.
+  // The global webhook gets the run object with its outputs, also when they are not kept.
+  std::optional<Delivery> global;
+  if (!rec.global_webhook_url.empty()) {
+    RunRecord shown = rec;
+    shown.save = true;
+    global.emplace();
+    global->delivery_id = Webhooks::DeliveryId(rec.run_id, "global");
+    global->account = rec.account;
+    global->run_id = rec.run_id;
+    global->flow_id = rec.flow_id;
+    global->kind = "global";
+    global->url = rec.global_webhook_url;
+    global->ai_flow_signature = rec.global_webhook_signature;
+    global->body = RenderRun(shown);
+    global->forget_body = !rec.save;
+    global->created_at = global->next_at = NowMillis();
+  }
+  // The final record (with the global delivery) must land, or the run would run again
+  // after a restart; a failing store (full disk) is retried until it takes the write.
   asio::steady_timer timer(co_await asio::this_coro::executor);
   for (int attempt = 0;; ++attempt) {
     store::Batch batch;
     batch.Put(Cf::kRuns, rec.run_id, encoded);
     batch.Delete(Cf::kPendingRuns, rec.run_id);
+    if (global) Webhooks::Persist(batch, *global);
     auto status = co_await store_.AsyncWrite(std::move(batch), asio::use_awaitable);
     if (status.ok()) break;
     timer.expires_after(std::chrono::milliseconds(std::min(100 << std::min(attempt, 6), 5000)));
     co_await timer.async_wait(asio::use_awaitable);
   }
+  if (global) nodes_.webhooks.Launch(std::move(*global));
   if (entry) entry->evictable_at.store(NowMillis() + options_.keep_ended_ms, std::memory_order_release);
 }
 
@@ -271,7 +293,7 @@ asio::awaitable<bool> Engine::WaitForChange(std::shared_ptr<RunControl> control,
   auto [ec] = co_await timer->async_wait(asio::as_tuple(asio::use_awaitable));
   std::lock_guard lock(control->mu);
   std::erase(control->waiters, timer);
-  co_return control->ended || control->events.size() > seen;
+  co_return control->ended || control->events.size() > seen || std::chrono::steady_clock::now() < deadline;
 }
 
 void Engine::Cancel(const std::shared_ptr<RunControl>& control) {

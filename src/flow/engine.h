@@ -60,8 +60,8 @@ class Engine {
   boost::asio::awaitable<std::optional<RunView>> Find(std::string account, std::string flow_id,
                                                       std::string run_id);
 
-  // Waits until the run has ended, or its events pass `seen`, or `deadline`. True when
-  // something changed.
+  // Waits until the run has ended, or its events pass `seen`, or `deadline`. False only
+  // when the deadline came first; callers look at the run again either way.
   static boost::asio::awaitable<bool> WaitForChange(std::shared_ptr<RunControl> control, size_t seen,
                                                     std::chrono::steady_clock::time_point deadline);
 

@@ -193,6 +193,16 @@ std::shared_ptr<const Flow> Build(std::string name, std::string nodes_json, Erro
       if (!v || v->kind != Value::Kind::kString || v->text.empty()) return;  // reported above
       if (!seen.emplace(v->text, label).second) Add(problems, label, std::string(field), "duplicate_name");
     };
+    if (n.type == "webhook") {
+      const Value* url = n.Field("webhook_url");
+      bool wired = false;
+      for (const auto& e : raw[i].edges) wired = wired || e.input_name == "webhook_url";
+      if (!wired && url && !url->text.empty() &&
+          (url->kind != Value::Kind::kString ||
+           !(url->text.starts_with("http://") || url->text.starts_with("https://")) || url->text.size() < 10)) {
+        Add(problems, label, "webhook_url", "invalid_url");
+      }
+    }
     if (n.type == "api-input") unique_name("api_input_name", input_names);
     if (n.type == "api-output") unique_name("api_output_name", output_names);
     if (n.kind->primary == kPrimaryInputNames && n.input_names.empty()) {

@@ -32,6 +32,28 @@ std::optional<Error> DecodeOptions(ondemand::value v, RunRecord& rec) {
       bool b;
       if (fv.get_bool().get(b)) return Invalid("invalid_body", "run_options.save must be a boolean.", "run_options.save");
       rec.save = b;
+    } else if (k == "global_webhook") {
+      ondemand::object hook;
+      if (fv.get_object().get(hook)) {
+        return Invalid("invalid_body", "run_options.global_webhook must be an object.", "run_options.global_webhook");
+      }
+      std::vector<std::string> hook_keys;
+      for (auto hf : hook) {
+        std::string_view hk, hv;
+        if (hf.unescaped_key().get(hk)) return Invalid("invalid_json", "The body is not valid JSON.");
+        if (std::find(hook_keys.begin(), hook_keys.end(), hk) != hook_keys.end())
+          return Invalid("invalid_json", JsonErrorMessage(JsonError::kDuplicateKey));
+        hook_keys.emplace_back(hk);
+        if ((hk != "url" && hk != "signature") || hf.value().get_string().get(hv)) {
+          return Invalid("invalid_body", "run_options.global_webhook takes a string url and an optional string signature.",
+                         "run_options.global_webhook");
+        }
+        (hk == "url" ? rec.global_webhook_url : rec.global_webhook_signature) = std::string(hv);
+      }
+      if (!IsHttpUrl(rec.global_webhook_url) || rec.global_webhook_url.size() > 2048) {
+        return Invalid("invalid_body", "run_options.global_webhook.url must be an http(s) URL.",
+                       "run_options.global_webhook.url");
+      }
     } else {
       return Invalid("invalid_body", "run_options has no option named \"" + std::string(k) + "\".",
                      "run_options." + std::string(k));

@@ -1,6 +1,7 @@
 #include "flow/nodes.h"
 
 #include <boost/asio/as_tuple.hpp>
+#include <boost/asio/post.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/regex.hpp>
@@ -8,6 +9,9 @@
 #include <simdjson.h>
 
 #include <array>
+
+#include "base/clock.h"
+#include "flow/webhooks.h"
 #include <charconv>
 #include <cstdlib>
 
@@ -20,18 +24,19 @@ using namespace std::chrono_literals;
 namespace {
 
 // Every node kind flowd accepts. A kind joins this table only when it runs.
-const std::array<NodeKind, 11> kKinds = {{
+const std::array<NodeKind, 12> kKinds = {{
     {"api-input", "", {"api_input_name"}},
     {"api-output", "input", {"api_output_name"}},
     {"input-text", "", {}},
     {"transition", "input", {}},
     {"display", "input", {}},
     {"merger-prompt", kPrimaryInputNames, {}},
-    {"replace-text", "input_text", {}},
+    {"replace-text", "input_text", {}, 1, 10s},
     {"http-get-processor", "url", {"url"}, 1, 5s},
     {"llm-prompt", "context", {}, 1, 120s},
     {"openrouter-processor", "context", {}, 1, 120s},
     {"deepseek-processor", "context", {}, 1, 120s},
+    {"webhook", "webhook_output_data", {"webhook_url", "webhook_output_field_name"}, 1, 10s},
 }};
 // claude-anthropic-processor is listed separately only to keep the table's size honest.
 const NodeKind kClaude{"claude-anthropic-processor", "context", {}, 1, 120s};
@@ -91,7 +96,10 @@ std::optional<std::string> ReadCompletion(const std::string& body, bool anthropi
   ondemand::parser parser;
   simdjson::padded_string padded(body);
   ondemand::document doc;
-  if (parser.iterate(padded).get(doc)) return "the provider's answer is not JSON";
+  ondemand::json_type type;
+  if (parser.iterate(padded).get(doc) || doc.type().get(type) || type != ondemand::json_type::object) {
+    return "the provider's answer is not JSON";
+  }
   if (anthropic) {
     ondemand::array content;
     if (doc["content"].get_array().get(content)) return "the provider's answer has no content";
@@ -234,6 +242,52 @@ asio::awaitable<NodeResult> RunHttpGet(const Node& node, const NodeInputs& in, N
   co_return NodeResult{Value::String(std::move(res.body)), std::nullopt};
 }
 
+// Queues {"<field>": value} for the node's URL (durably, before this returns) and passes
+// the value on. The delivery itself goes out on its own, with retries.
+asio::awaitable<NodeResult> RunWebhook(const Node& node, const NodeInputs& in, const RunContext& run, NodeEnv& env) {
+  const Value* v = in.Get("webhook_output_data");
+  Value value = v ? *v : Value{};
+  Delivery d;
+  d.delivery_id = Webhooks::DeliveryId(run.run_id, "node/" + node.name);
+  d.account = run.account;
+  d.run_id = run.run_id;
+  d.flow_id = run.flow_id;
+  d.kind = "node";
+  d.node = node.name;
+  d.url = in.Text("webhook_url");
+  d.ai_flow_signature = in.Text("ai_flow_signature_header_value");
+  JsonWriter(d.body).BeginObject().Key(in.Text("webhook_output_field_name")).Val(value).EndObject();
+  d.forget_body = !run.save;
+  d.created_at = d.next_at = NowMillis();
+  if (!d.url.starts_with("http://") && !d.url.starts_with("https://")) {
+    co_return Failed("webhook_url must be an http(s) URL");
+  }
+  if (!co_await env.webhooks.Enqueue(std::move(d))) co_return Failed("the delivery could not be stored");
+  co_return NodeResult{std::move(value), std::nullopt};
+}
+
+// The regex runs on the compute pool; this frame (and so `spec` and `result`) outlives
+// the work, and the post back to `home` publishes `result` to the resumed coroutine.
+asio::awaitable<NodeResult> RunReplace(const NodeInputs& in, NodeEnv& env) {
+  const ReplaceSpec spec = ReadReplaceSpec(in);
+  NodeResult result;
+  auto home = co_await asio::this_coro::executor;
+  co_await asio::async_initiate<const asio::use_awaitable_t<>, void()>(
+      [&](auto handler) {
+        asio::post(env.compute, [h = std::move(handler), &spec, &result, home]() mutable {
+          std::string out;
+          if (auto why = ReplaceText(spec, out)) {
+            result = Failed(*why);
+          } else {
+            result.value = Value::String(std::move(out));
+          }
+          asio::post(home, std::move(h));
+        });
+      },
+      asio::use_awaitable);
+  co_return result;
+}
+
 }  // namespace
 
 const NodeKind* FindKind(std::string_view type) {
@@ -304,13 +358,20 @@ std::string RenderTemplate(std::string_view prompt, const std::vector<std::strin
   return out;
 }
 
-std::optional<std::string> ReplaceText(const NodeInputs& in, std::string& out) {
-  const std::string text = in.Text("input_text");
-  const std::string search = in.Text("search_text");
-  const std::string replacement = in.Text("replacement_text");
-  const bool all = BoolField(in, "replace_all", true);
-  const bool case_sensitive = BoolField(in, "case_sensitivity", true);
-  const bool use_regex = BoolField(in, "use_regex", false);
+ReplaceSpec ReadReplaceSpec(const NodeInputs& in) {
+  return {in.Text("input_text"),
+          in.Text("search_text"),
+          in.Text("replacement_text"),
+          BoolField(in, "replace_all", true),
+          BoolField(in, "case_sensitivity", true),
+          BoolField(in, "use_regex", false)};
+}
+
+std::optional<std::string> ReplaceText(const ReplaceSpec& spec, std::string& out) {
+  const std::string& text = spec.text;
+  const std::string& search = spec.search;
+  const std::string& replacement = spec.replacement;
+  const bool all = spec.all, case_sensitive = spec.case_sensitive, use_regex = spec.use_regex;
   if (text.size() > kMaxReplaceInput) return "input_text is longer than 1 MiB";
   if (search.empty()) {
     out = text;
@@ -327,7 +388,10 @@ std::optional<std::string> ReplaceText(const NodeInputs& in, std::string& out) {
     if (!all) fmt = static_cast<match_flag_type>(fmt | boost::regex_constants::format_first_only);
     out = boost::regex_replace(text, re, replacement, fmt);
   } catch (const boost::regex_error& e) {
-    return std::string("search_text is not a valid regular expression: ") + e.what();
+    if (e.code() != boost::regex_constants::error_complexity && e.code() != boost::regex_constants::error_stack) {
+      return std::string("search_text is not a valid regular expression: ") + e.what();
+    }
+    return "the regular expression is too expensive to match against this text";
   } catch (const std::runtime_error&) {
     // Boost.Regex gives up on matches that would take too long (catastrophic backtracking).
     return "the regular expression is too expensive to match against this text";
@@ -353,16 +417,14 @@ NodeResult RunLocalNode(const Node& node, const NodeInputs& in, const Value* run
     for (const auto& name : node.input_names) values.push_back(in.Text(name));
     return {Value::String(RenderTemplate(in.Text("prompt"), values)), std::nullopt};
   }
-  if (t == "replace-text") {
-    std::string out;
-    if (auto why = ReplaceText(in, out)) return Failed(*why);
-    return {Value::String(std::move(out)), std::nullopt};
-  }
   return Failed("node kind " + t + " cannot run in place");
 }
 
-asio::awaitable<NodeResult> RunRemoteNode(const Node& node, const NodeInputs& in, NodeEnv& env) {
+asio::awaitable<NodeResult> RunRemoteNode(const Node& node, const NodeInputs& in, const RunContext& run,
+                                          NodeEnv& env) {
   if (node.type == "http-get-processor") co_return co_await RunHttpGet(node, in, env);
+  if (node.type == "webhook") co_return co_await RunWebhook(node, in, run, env);
+  if (node.type == "replace-text") co_return co_await RunReplace(in, env);
   co_return co_await RunModel(node, in, env);
 }
 

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <boost/asio/awaitable.hpp>
+#include <boost/asio/thread_pool.hpp>
 
 #include <chrono>
 #include <optional>
@@ -59,10 +60,15 @@ struct Providers {
   static Providers FromEnvironment();
 };
 
+class Webhooks;
+
 // What nodes that reach outside the process use. Borrowed; outlives every run.
 struct NodeEnv {
   net::HttpClient& http;
   const Providers& providers;
+  Webhooks& webhooks;
+  // Where CPU-heavy node work (regular expressions) runs, away from the event loop.
+  boost::asio::thread_pool& compute;
   // Backoff before retrying a model call when the provider gives no Retry-After.
   std::chrono::milliseconds retry_base{500};
 };
@@ -72,15 +78,30 @@ struct NodeResult {
   std::optional<Error> error;  // code node_failed or node_timeout; the message is safe to show
 };
 
+// The run a node belongs to, for nodes that act in its name (webhook).
+struct RunContext {
+  std::string run_id, account, flow_id;
+  bool save = true;
+};
+
 // Runs a node of a kind with a timeout (one that suspends), on the caller's executor.
-boost::asio::awaitable<NodeResult> RunRemoteNode(const Node& node, const NodeInputs& in, NodeEnv& env);
+boost::asio::awaitable<NodeResult> RunRemoteNode(const Node& node, const NodeInputs& in, const RunContext& run,
+                                                 NodeEnv& env);
 
 // Replaces every `key` (when non-empty) in `text` with "[redacted]".
 std::string Redact(std::string text, std::string_view key);
 
+// replace-text's settings, read on the run's strand so the work can go elsewhere.
+struct ReplaceSpec {
+  std::string text, search, replacement;
+  bool all = true, case_sensitive = true, use_regex = false;
+};
+ReplaceSpec ReadReplaceSpec(const NodeInputs& in);
+
 // replace-text. Fails (returns an error message) on a pattern that does not compile or a
-// match that exceeds the regex engine's work limit.
-std::optional<std::string> ReplaceText(const NodeInputs& in, std::string& out);
+// match that exceeds the regex engine's work limit (Boost.Regex gives up on catastrophic
+// backtracking rather than running for ever). CPU-bound: runs on NodeEnv::compute.
+std::optional<std::string> ReplaceText(const ReplaceSpec& spec, std::string& out);
 
 // Runs a node kind that needs nothing outside the process. `run_input` is the run's value
 // for an api-input node (nullptr: use the default).

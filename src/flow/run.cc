@@ -52,6 +52,10 @@ std::string EncodeRecord(const RunRecord& r) {
   w.Key("flow_version").Int(r.flow_version).Key("status").String(StatusName(r.status));
   w.Key("created_at").Int(r.created_at).Key("started_at").Int(r.started_at).Key("finished_at").Int(r.finished_at);
   w.Key("nodes_done").Int(r.nodes_done).Key("nodes_total").Int(r.nodes_total).Key("save").Bool(r.save);
+  if (!r.global_webhook_url.empty()) {
+    w.Key("global_webhook_url").String(r.global_webhook_url);
+    w.Key("global_webhook_signature").String(r.global_webhook_signature);
+  }
   WriteValues(w, "inputs", r.inputs);
   WriteValues(w, "outputs", r.outputs);
   w.Key("events").BeginArray();
@@ -78,9 +82,11 @@ bool DecodeRecord(std::string_view json, RunRecord& r) {
     std::string_view s;
     int64_t n = 0;
     if (k == "run_id" || k == "flow_id" || k == "account" || k == "status" || k == "error_code" ||
-        k == "error_message" || k == "error_node") {
+        k == "error_message" || k == "error_node" || k == "global_webhook_url" || k == "global_webhook_signature") {
       if (v.get_string().get(s)) return false;
       if (k == "run_id") r.run_id = s;
+      else if (k == "global_webhook_url") r.global_webhook_url = s;
+      else if (k == "global_webhook_signature") r.global_webhook_signature = s;
       else if (k == "flow_id") r.flow_id = s;
       else if (k == "account") r.account = s;
       else if (k == "error_code") r.error_code = s;

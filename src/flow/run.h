@@ -31,6 +31,8 @@ struct RunRecord {
   uint32_t nodes_done = 0;
   uint32_t nodes_total = 0;
   bool save = true;      // run_options.save: false keeps outputs out of the store
+  std::string global_webhook_url;        // run_options.global_webhook: gets the run object at the end
+  std::string global_webhook_signature;  // its AI_FLOW_SIGNATURE value
   NamedValues inputs;    // as the client sent them (defaults are applied when it runs)
   NamedValues outputs;   // by api_output_name
   std::string error_code, error_message, error_node;

@@ -199,7 +199,12 @@ asio::awaitable<Inbound> HttpClient::Fetch(Outbound request) {
       co_return co_await ReadParsed(stream, c->buffer, parser, kMaxResponseHead,
                                     [&] { return deadline; }, [&] { return parser.is_done(); });
     };
-    boost::system::error_code ec = c->tls ? co_await exchange(*c->tls) : co_await exchange(*c->plain);
+    boost::system::error_code ec;  // (no co_await inside ?: — GCC 12 miscompiles it)
+    if (c->tls) {
+      ec = co_await exchange(*c->tls);
+    } else {
+      ec = co_await exchange(*c->plain);
+    }
     if (ec) {
       // A pooled connection the server had already closed: try once on a fresh one.
       bool stale = c->reused && !parser.got_some() &&

@@ -16,10 +16,15 @@ enum class Cf : uint8_t {
   kRuns,         // run_id -> run record
   kPendingRuns,  // run_id -> "" for every accepted run not yet ended: the restart index
   kRunsByFlow,   // RunsByFlowKey(flow_id, created_at, run_id) -> "": listing, newest first
+  kAccounts,     // account -> webhook secrets
+  kDeliveries,   // delivery_id -> webhook delivery record (with its attempts)
+  kDueDeliveries,  // DueKey(next_attempt_at, delivery_id) -> "": undelivered, in due order
+  kRunDeliveries,  // run_id + '/' + delivery_id -> "": a run's deliveries
   kCount
 };
 
-inline constexpr const char* kCfNames[] = {"keys", "flows", "flow_heads", "runs", "pending_runs", "runs_by_flow"};
+inline constexpr const char* kCfNames[] = {"keys", "flows", "flow_heads", "runs", "pending_runs", "runs_by_flow",
+                                        "accounts",    "deliveries", "due_deliveries", "run_deliveries"};
 inline constexpr size_t kCfCount = static_cast<size_t>(Cf::kCount);
 static_assert(sizeof(kCfNames) / sizeof(kCfNames[0]) == static_cast<size_t>(Cf::kCount));
 
@@ -38,6 +43,18 @@ inline std::string FlowVersionKey(std::string_view flow_id, uint32_t version) {
   std::string k(flow_id);
   k += '/';
   PutBigEndian32(k, version);
+  return k;
+}
+
+inline void PutBigEndian64(std::string& out, uint64_t v) {
+  for (int shift = 56; shift >= 0; shift -= 8) out += static_cast<char>((v >> shift) & 0xFF);
+}
+
+// Due deliveries sort by the time of their next attempt.
+inline std::string DueKey(int64_t due_ms, std::string_view delivery_id) {
+  std::string k;
+  PutBigEndian64(k, static_cast<uint64_t>(due_ms));
+  k += delivery_id;
   return k;
 }
 

@@ -11,6 +11,8 @@ What this module gives the test scripts:
   parser that splits what came back into responses (Content-Length or chunked; 1xx, 204 and 304
   have no body). This is the "raw-socket helper" of shared/cases/README.md.
 - `poll_run`, `load_flow`: run polling and fixture loading.
+- `read_sse`: reads a `text/event-stream` response into events, with arrival times.
+- `files_containing`: which files under a folder hold some bytes (secrets that must not leak).
 
 Only the Python standard library is used, and only 127.0.0.1 is ever contacted.
 """
@@ -530,3 +532,130 @@ def load_flow(name):
     path = os.path.join(shared_dir(), "cases", "flows", f"{name}.json")
     with open(path, "rb") as f:
         return json.loads(f.read().decode("utf-8"))
+
+
+# --------------------------------------------------------------------------- event streams
+
+def _parse_sse_block(block):
+    """One event block (lines without the blank separator) -> dict, or None for comments only."""
+    event = {"id": None, "event": None, "data": None, "comments": []}
+    data_lines = []
+    for line in block.split("\n"):
+        line = line.rstrip("\r")
+        if not line:
+            continue
+        if line.startswith(":"):
+            event["comments"].append(line[1:].strip())
+            continue
+        name, _, value = line.partition(":")
+        if value.startswith(" "):
+            value = value[1:]
+        if name == "data":
+            data_lines.append(value)
+        elif name in ("id", "event", "retry"):
+            event[name] = value
+    if not data_lines and event["id"] is None and event["event"] is None:
+        return None if not event["comments"] else {"comment_only": True, **event}
+    raw_data = "\n".join(data_lines)
+    event["raw"] = raw_data
+    try:
+        event["data"] = json.loads(raw_data)
+    except ValueError:
+        event["data"] = raw_data
+    return event
+
+
+def read_sse(port, key, path, last_event_id=None, headers=None, timeout=10.0, stop=None):
+    """GET an event stream; read until the server closes it, `timeout` passes, or
+    `stop(events)` returns true.
+
+    Returns a dict: `status`, `headers` (lowercase), `events` (each `{"id", "event", "data"
+    (parsed JSON when it is JSON), "raw", "at"}` with `at` in seconds since the request was
+    sent), `comments` (comment lines such as pings), `closed` (the server ended the stream),
+    `elapsed`, and `body` (the raw bytes, for a non-200 answer).
+    """
+    hdrs = {"Accept": "text/event-stream"}
+    if key is not None:
+        hdrs["Authorization"] = f"Bearer {key}"
+    if last_event_id is not None:
+        hdrs["Last-Event-ID"] = str(last_event_id)
+    hdrs.update(headers or {})
+    t0 = time.monotonic()
+    end = t0 + timeout
+    conn = http.client.HTTPConnection(HOST, port, timeout=timeout)
+    out = {"status": None, "headers": {}, "events": [], "comments": [], "closed": False,
+           "elapsed": None, "body": b""}
+    try:
+        conn.request("GET", path, headers=hdrs)
+        sock = conn.sock  # http.client drops conn.sock once it sees a close-delimited answer
+        resp = conn.getresponse()
+        out["status"] = resp.status
+        out["headers"] = _lower_headers(resp.headers)
+        if resp.status != 200:
+            out["body"] = resp.read()
+            out["closed"] = True
+            return out
+        buf = ""
+        pending = b""
+        for _ in range(100000):  # bounded: each round reads at least one byte or ends
+            left = end - time.monotonic()
+            if left <= 0:
+                break
+            sock.settimeout(left)
+            try:
+                chunk = resp.read1(65536)
+            except (socket.timeout, TimeoutError):
+                break
+            except (http.client.IncompleteRead, ConnectionError, OSError):
+                out["closed"] = True
+                break
+            if not chunk:
+                out["closed"] = True
+                break
+            now = time.monotonic() - t0
+            pending += chunk
+            try:
+                text = pending.decode("utf-8")
+                pending = b""
+            except UnicodeDecodeError:
+                continue  # a multi-byte character split across reads
+            buf += text.replace("\r\n", "\n")
+            while "\n\n" in buf:
+                block, buf = buf.split("\n\n", 1)
+                ev = _parse_sse_block(block)
+                if ev is None:
+                    continue
+                out["comments"].extend(ev.pop("comments"))
+                if ev.pop("comment_only", False):
+                    continue
+                ev["at"] = now
+                out["events"].append(ev)
+            if stop is not None and stop(out["events"]):
+                break
+        return out
+    finally:
+        out["elapsed"] = time.monotonic() - t0
+        conn.close()
+
+
+# --------------------------------------------------------------------------- secrets
+
+def files_containing(root, needle, max_file=256 << 20):
+    """Paths of the regular files under `root` whose bytes contain `needle` (str or bytes).
+    Files larger than `max_file` are read up to that size."""
+    if isinstance(needle, str):
+        needle = needle.encode("utf-8")
+    hits = []
+    for dirpath, _, names in os.walk(root):
+        for name in names:
+            path = os.path.join(dirpath, name)
+            if not os.path.isfile(path) or os.path.islink(path):
+                continue
+            try:
+                with open(path, "rb") as f:
+                    data = f.read(max_file)
+            except OSError:
+                continue
+            if needle in data:
+                hits.append(path)
+    return hits

@@ -2,6 +2,8 @@
 //
 // Properties:
 //   - a refusal always names a code (invalid_json or invalid_flow);
+//   - an accepted flow is sorted (every edge from an earlier node), and its API input and
+//     output names are non-empty and unique (FLOWS.md);
 //   - a saved flow loads back: LoadFlow(name, nodes_json) succeeds, keeps nodes_json byte for
 //     byte and builds the same graph (what a restart does with every stored version);
 //   - nodes_json is a fixed point: saving the nodes array that GET returns gives the same
@@ -52,6 +54,23 @@ bool SameGraph(const Flow& a, const Flow& b) {
   return true;
 }
 
+// FLOWS.md: api_input_name and api_output_name are required and unique.
+bool NamesUnique(const Flow& f) {
+  for (size_t i = 0; i < f.inputs.size(); ++i) {
+    if (f.inputs[i].name.empty()) return false;
+    for (size_t j = 0; j < i; ++j) {
+      if (f.inputs[j].name == f.inputs[i].name) return false;
+    }
+  }
+  for (size_t i = 0; i < f.outputs.size(); ++i) {
+    if (f.outputs[i].name.empty()) return false;
+    for (size_t j = 0; j < i; ++j) {
+      if (f.outputs[j].name == f.outputs[i].name) return false;
+    }
+  }
+  return true;
+}
+
 // Dependencies first: every edge comes from an earlier node.
 bool Sorted(const Flow& f) {
   for (size_t i = 0; i < f.nodes.size(); ++i) {
@@ -74,6 +93,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   }
   Check(flow->nodes.size() <= flowd::flow::kMaxNodes, "ParseFlow accepted more than kMaxNodes nodes");
   Check(Sorted(*flow), "ParseFlow left a node before one it reads from");
+  Check(NamesUnique(*flow), "ParseFlow accepted an empty or repeated api_input_name or api_output_name");
 
   flowd::Error load_error;
   auto loaded = flowd::flow::LoadFlow(flow->name, flow->nodes_json, load_error);

@@ -18,7 +18,6 @@
 //     100 Continue; nothing follows a response that said Connection: close;
 //   - the handler never sees a body over max_body.
 #include <arpa/inet.h>
-#include <fcntl.h>
 #include <netinet/in.h>
 #include <poll.h>
 #include <sys/socket.h>
@@ -29,6 +28,7 @@
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/ip/address.hpp>
 #include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/post.hpp>
 #include <boost/beast/core/string.hpp>
 
 #include <cerrno>
@@ -37,6 +37,8 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
+#include <future>
 #include <optional>
 #include <stdexcept>
 #include <string>
@@ -118,7 +120,16 @@ struct Exchange {
 
 // Writes `request`, half-closes, and reads until the server closes.
 Exchange Converse(uint16_t port, std::string_view request) {
-  int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  const auto deadline = std::chrono::steady_clock::now() + kClientDeadline;
+  auto ms_left = [&] {
+    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+    Check(left.count() > 0, "the exchange did not end within the client deadline (server hung?)");
+    return static_cast<int>(left.count());
+  };
+
+  // Non-blocking from the start: libFuzzer's timers send signals, and a blocking connect()
+  // that one interrupts cannot simply be retried.
+  int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
   Check(fd >= 0, "socket() failed");
   struct Closer {
     int fd;
@@ -128,8 +139,20 @@ Exchange Converse(uint16_t port, std::string_view request) {
   addr.sin_family = AF_INET;
   addr.sin_port = htons(port);
   addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  Check(::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0, "cannot connect to the server");
-  Check(::fcntl(fd, F_SETFL, O_NONBLOCK) == 0, "fcntl(O_NONBLOCK) failed");
+  if (::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
+    int err = errno;
+    if (err == EINPROGRESS || err == EINTR) {
+      pollfd p{fd, POLLOUT, 0};
+      while (::poll(&p, 1, ms_left()) <= 0) {
+      }
+      socklen_t len = sizeof err;
+      ::getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len);
+    }
+    if (err != 0) {
+      std::fprintf(stderr, "connect: %s\n", std::strerror(err));
+      Check(false, "cannot connect to the server");
+    }
+  }
 
   Exchange ex;
   size_t written = 0;
@@ -139,13 +162,10 @@ Exchange Converse(uint16_t port, std::string_view request) {
     write_done = true;
   };
   if (request.empty()) finish_writing();
-  const auto deadline = std::chrono::steady_clock::now() + kClientDeadline;
   char chunk[16 << 10];
   for (;;) {
-    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
-    Check(left.count() > 0, "the server kept the connection open after the client finished");
     pollfd p{fd, static_cast<short>(POLLIN | (write_done ? 0 : POLLOUT)), 0};
-    int ready = ::poll(&p, 1, static_cast<int>(left.count()));
+    int ready = ::poll(&p, 1, ms_left());
     if (ready < 0 && errno == EINTR) continue;
     Check(ready >= 0, "poll() failed");
     if (ready == 0) continue;
@@ -238,6 +258,15 @@ void CheckResponses(const Exchange& ex) {
   }
 }
 
+// Waits until the server's thread has finished what it was doing (ending the session whose
+// close the client just saw), so that all the server does for an input falls within that
+// input's run: libFuzzer credits the coverage it sees during a run to that run's input.
+void SettleServer() {
+  std::promise<void> done;
+  asio::post(RunningServer().ioc, [&done] { done.set_value(); });
+  done.get_future().wait();
+}
+
 }  // namespace
 
 extern "C" int LLVMFuzzerInitialize(int*, char***) {
@@ -256,5 +285,6 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     std::fputc('\n', stderr);
   }
   CheckResponses(ex);
+  SettleServer();
   return 0;
 }

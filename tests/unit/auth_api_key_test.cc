@@ -4,6 +4,7 @@
 #include <set>
 
 #include "auth/api_key.h"
+#include "auth/webhook_signature.h"
 
 using namespace flowd::auth;
 
@@ -74,4 +75,43 @@ TEST_CASE("api_key: webhook secrets are whsec_ and 32 bytes of base64") {
   std::string s = GenerateWebhookSecret();
   CHECK(s.rfind("whsec_", 0) == 0);
   CHECK(s.size() == 6 + 44);
+}
+
+namespace {
+std::string HexOf(std::string_view bytes) {
+  static constexpr char kHex[] = "0123456789abcdef";
+  std::string s;
+  for (unsigned char b : bytes) {
+    s += kHex[b >> 4];
+    s += kHex[b & 15];
+  }
+  return s;
+}
+}  // namespace
+
+TEST_CASE("webhook_signature: HMAC-SHA256 matches RFC 4231") {
+  // Test case 2.
+  CHECK(HexOf(HmacSha256("Jefe", "what do ya want for nothing?")) ==
+        "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843");
+  // Test case 1: key of 20 bytes 0x0b, "Hi There".
+  CHECK(HexOf(HmacSha256(std::string(20, '\x0b'), "Hi There")) ==
+        "b0344c61d8db38535ca8afceaf0bf12b881dc200c9833da726e9376c2e32cff7");
+}
+
+TEST_CASE("webhook_signature: the Standard Webhooks example vector") {
+  auto key = WebhookKey("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw");
+  REQUIRE(key);
+  CHECK(SignWebhook(*key, "msg_p5jXN8AQM9LWM0D4loKWxJek", 1614265330, R"({"test": 2432232314})") ==
+        "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=");
+}
+
+TEST_CASE("webhook_signature: secrets decode to their key bytes, and nothing else does") {
+  std::string secret = GenerateWebhookSecret();
+  auto key = WebhookKey(secret);
+  REQUIRE(key);
+  CHECK(key->size() == 32);
+  CHECK(Base64(*key) == secret.substr(6));
+  CHECK_FALSE(WebhookKey("MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"));
+  CHECK_FALSE(WebhookKey("whsec_"));
+  CHECK_FALSE(WebhookKey("whsec_abc"));
 }

@@ -178,3 +178,26 @@ TEST_CASE("run: the stored record round-trips, and the public object hides what 
   r.save = false;
   CHECK(RenderRun(r).find("outputs") == std::string::npos);
 }
+
+TEST_CASE("replace-text: literal, regex, case and first-only replacement") {
+  auto run = [](ReplaceSpec spec) {
+    std::string out;
+    auto why = ReplaceText(spec, out);
+    return why ? "error: " + *why : out;
+  };
+  CHECK(run({"a.b.a.b", ".", "-", true, true, false}) == "a-b-a-b");
+  CHECK(run({"a.b.a.b", ".", "-", false, true, false}) == "a-b.a.b");
+  CHECK(run({"Cat cat CAT", "cat", "dog", true, false, false}) == "dog dog dog");
+  CHECK(run({"Cat cat CAT", "cat", "dog", true, true, false}) == "Cat dog CAT");
+  CHECK(run({"2026-12-03", R"((\d+)-(\d+)-(\d+))", "$3/$2/$1", true, true, true}) == "03/12/2026");
+  CHECK(run({"$1 stays", "stays", "$& too", true, true, false}) == "$1 $& too");
+  CHECK(run({"abc", "(", "x", true, true, true}).rfind("error: search_text is not a valid", 0) == 0);
+  CHECK(run({"text", "", "x", true, true, true}) == "text");
+}
+
+TEST_CASE("replace-text: catastrophic backtracking ends with an error, not a hang") {
+  std::string out;
+  auto why = ReplaceText({std::string(5000, 'a') + "b", "(a+)+$", "x", true, true, true}, out);
+  REQUIRE(why);
+  CHECK(why->find("too expensive") != std::string::npos);
+}
