@@ -68,7 +68,7 @@ int Fail(const std::string& message) {
 
 int Serve(int argc, char** argv) {
   std::string listen, data, durability, max_body, drain, log_level, ca_file;
-  std::string retry_schedule, webhook_timeout, secret_grace;
+  std::string retry_schedule, webhook_timeout, secret_grace, retention;
   std::vector<std::string> allow_cidrs;
   bool allow_private = false;
   int threads = 1;
@@ -82,6 +82,7 @@ int Serve(int argc, char** argv) {
       ("max-body", po::value(&max_body)->default_value("1MiB"), "largest request body")
       ("max-queued-runs", po::value(&max_queued)->default_value(100000), "live runs before 429 queue_full")
       ("drain-timeout", po::value(&drain)->default_value("10s"), "how long SIGTERM waits for requests in flight")
+      ("retention", po::value(&retention)->default_value("48h"), "how long ended runs are kept")
       ("log-level", po::value(&log_level)->default_value("info"), "debug, info, warn or error")
       ("webhook-allow-private", po::bool_switch(&allow_private), "let outbound requests reach private addresses")
       ("webhook-allow-cidr", po::value(&allow_cidrs)->composing(), "let outbound requests reach this CIDR (repeatable)")
@@ -141,6 +142,8 @@ int Serve(int argc, char** argv) {
   auto grace = ParseDurationMs(secret_grace);
   if (!hook_timeout || *hook_timeout == 0) return Fail("--webhook-timeout: expected a duration such as 15s");
   if (!grace) return Fail("--webhook-secret-grace: expected a duration such as 24h");
+  auto retention_ms = ParseDurationMs(retention);
+  if (!retention_ms || *retention_ms == 0) return Fail("--retention: expected a duration such as 48h");
   webhook_options.timeout = std::chrono::milliseconds(*hook_timeout);
   webhook_options.secret_grace = std::chrono::milliseconds(*grace);
 
@@ -169,7 +172,11 @@ int Serve(int argc, char** argv) {
     flow::Webhooks webhooks(ioc, *store, *http, secrets, webhook_options);
     asio::thread_pool compute(1);
     flow::NodeEnv node_env{*http, providers, webhooks, compute};
-    flow::Engine engine(ioc, *store, catalog, node_env, {max_queued});
+    flow::EngineOptions engine_options;
+    engine_options.max_queued_runs = max_queued;
+    engine_options.retention_ms = *retention_ms;
+    engine_options.keep_ended_ms = std::min<int64_t>(engine_options.keep_ended_ms, *retention_ms / 2);
+    flow::Engine engine(ioc, *store, catalog, node_env, engine_options);
     net::Server* server_ptr = nullptr;
     api::Routes routes(keys, catalog, engine, webhooks, secrets, *store,
                        [&] { return server_ptr && !server_ptr->draining(); });

@@ -1,11 +1,13 @@
 #include "api/routes.h"
 
+#include <boost/asio/as_tuple.hpp>
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/beast/core/string.hpp>
 
 #include <charconv>
 
 #include "api/api_view.h"
+#include "auth/webhook_signature.h"
 #include "base/clock.h"
 #include "base/ids.h"
 #include "base/json.h"
@@ -93,7 +95,54 @@ std::string SavedJson(const flow::SavedFlow& s) {
   return out;
 }
 
-}  // namespace
+constexpr int64_t kIdempotencyWindowMs = 24 * 3600 * 1000;
+
+struct IdempotentRun {
+  std::string run_id, flow_id, fingerprint;
+  int64_t created_at = 0;
+};
+
+std::string EncodeIdempotent(const IdempotentRun& r) {
+  std::string out;
+  JsonWriter w(out);
+  w.BeginObject().Key("run_id").String(r.run_id).Key("flow_id").String(r.flow_id);
+  w.Key("fingerprint").String(r.fingerprint).Key("created_at").Int(r.created_at).EndObject();
+  return out;
+}
+
+bool DecodeIdempotent(std::string_view json, IdempotentRun& r) {
+  simdjson::ondemand::parser parser;
+  simdjson::padded_string padded(json);
+  simdjson::ondemand::document doc;
+  std::string_view run, flow, fp;
+  if (parser.iterate(padded).get(doc) || doc["run_id"].get_string().get(run) || doc["flow_id"].get_string().get(flow) ||
+      doc["fingerprint"].get_string().get(fp) || doc["created_at"].get_int64().get(r.created_at)) {
+    return false;
+  }
+  r.run_id = run;
+  r.flow_id = flow;
+  r.fingerprint = fp;
+  return true;
+}
+
+// The 202 body for a run, from its public object.
+std::string AcceptedJson(const std::string& run_object) {
+  simdjson::ondemand::parser parser;
+  simdjson::padded_string padded(run_object);
+  simdjson::ondemand::document doc;
+  std::string_view run_id, flow_id, status, created_at;
+  int64_t version = 0;
+  if (parser.iterate(padded).get(doc) || doc["run_id"].get_string().get(run_id) ||
+      doc["flow_id"].get_string().get(flow_id) || doc["flow_version"].get_int64().get(version) ||
+      doc["status"].get_string().get(status) || doc["created_at"].get_string().get(created_at)) {
+    return run_object;
+  }
+  std::string out;
+  JsonWriter w(out);
+  w.BeginObject().Key("run_id").String(run_id).Key("flow_id").String(flow_id).Key("flow_version").Int(version);
+  w.Key("status").String(status).Key("created_at").String(created_at).EndObject();
+  return out;
+}
 
 // `Prefer: wait=N` (1 <= N <= 60) among the preferences; anything else is ignored.
 std::optional<int> PreferWait(std::string_view v) {
@@ -113,6 +162,8 @@ std::optional<int> PreferWait(std::string_view v) {
   }
   return std::nullopt;
 }
+
+}  // namespace
 
 std::string_view BearerToken(std::string_view v) {
   constexpr std::string_view kScheme = "bearer";
@@ -349,7 +400,53 @@ asio::awaitable<net::Reply> Routes::Runs(Call& c) {
   if (auto prefer = c.req.find("Prefer"); prefer != c.req.end()) {
     wait_seconds = PreferWait(prefer->value());
   }
-  if (auto error = co_await engine_.Start(std::move(*saved), rec)) co_return Fail(*error);
+
+  // Idempotency-Key: the same key and body within 24 h give back the first run.
+  flow::Engine::BatchExtra remember;
+  std::string idem_key;
+  struct InFlight {
+    Routes* routes;
+    std::string key;
+    ~InFlight() {
+      if (key.empty()) return;
+      std::lock_guard lock(routes->idempotency_mu_);
+      routes->idempotency_in_flight_.erase(key);
+    }
+  } in_flight{this, ""};
+  if (auto idem = c.req.find("Idempotency-Key"); idem != c.req.end()) {
+    std::string_view v = idem->value();
+    if (v.empty() || v.size() > 255) {
+      co_return ErrorResponse(400, "invalid_request", "Idempotency-Key must be 1 to 255 characters.");
+    }
+    idem_key = c.caller->account + "\n" + std::string(v);
+    {
+      std::lock_guard lock(idempotency_mu_);
+      if (!idempotency_in_flight_.insert(idem_key).second) {
+        co_return ErrorResponse(409, "conflict", "A request with this Idempotency-Key is still in progress.");
+      }
+    }
+    in_flight.key = idem_key;
+    const auto digest = auth::HashKey(flow_id + "\n" + c.req.body());
+    const std::string fingerprint = auth::Base64(std::string_view(reinterpret_cast<const char*>(digest.data()), digest.size()));
+    auto [s, stored] = co_await store_.AsyncGet(store::Cf::kIdempotency, idem_key, asio::as_tuple(asio::use_awaitable));
+    IdempotentRun prior;
+    if (s.ok() && DecodeIdempotent(stored, prior) && prior.created_at + kIdempotencyWindowMs > NowMillis()) {
+      if (prior.fingerprint != fingerprint) {
+        co_return ErrorResponse(422, "idempotency_key_reused",
+                                "This Idempotency-Key was used with a different request.");
+      }
+      if (auto view = co_await engine_.Find(c.caller->account, prior.flow_id, prior.run_id)) {
+        Response res = JsonResponse(202, AcceptedJson(view->object));
+        res.set(http::field::location, "/v1/flow/" + prior.flow_id + "/run/" + prior.run_id);
+        res.set("Idempotency-Replayed", "true");
+        co_return res;
+      }
+    }
+    remember = [idem_key, fingerprint](store::Batch& batch, const flow::RunRecord& r) {
+      batch.Put(store::Cf::kIdempotency, idem_key, EncodeIdempotent({r.run_id, r.flow_id, fingerprint, r.created_at}));
+    };
+  }
+  if (auto error = co_await engine_.Start(std::move(*saved), rec, std::move(remember))) co_return Fail(*error);
   if (wait_seconds) {
     const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(*wait_seconds);
     for (;;) {

@@ -6,6 +6,8 @@
 #pragma once
 
 #include <functional>
+#include <mutex>
+#include <unordered_set>
 
 #include "api/key_ring.h"
 #include "flow/catalog.h"
@@ -43,6 +45,8 @@ class Routes : public net::Handler {
   flow::WebhookSecrets& secrets_;
   store::Store& store_;
   std::function<bool()> ready_;
+  std::mutex idempotency_mu_;
+  std::unordered_set<std::string> idempotency_in_flight_;  // guarded by idempotency_mu_
 };
 
 // The bearer token of an Authorization value ("Bearer <token>", scheme in any case, one

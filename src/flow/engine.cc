@@ -9,6 +9,9 @@
 #include <boost/asio/strand.hpp>
 #include <boost/asio/use_awaitable.hpp>
 
+#include <algorithm>
+#include <charconv>
+
 #include "base/clock.h"
 #include "base/ids.h"
 #include "base/log.h"
@@ -43,7 +46,7 @@ std::string EventJson(std::string_view type, std::string_view node, const Error*
 
 }  // namespace
 
-asio::awaitable<std::optional<Error>> Engine::Start(SavedFlow saved, RunRecord& rec) {
+asio::awaitable<std::optional<Error>> Engine::Start(SavedFlow saved, RunRecord& rec, BatchExtra with_run) {
   if (live_.fetch_add(1) >= options_.max_queued_runs) {
     live_.fetch_sub(1);
     co_return Error{"queue_full", "Too many runs are waiting; retry later.", "", {}};
@@ -57,6 +60,7 @@ asio::awaitable<std::optional<Error>> Engine::Start(SavedFlow saved, RunRecord& 
   batch.Put(Cf::kRuns, rec.run_id, EncodeRecord(rec));
   batch.Put(Cf::kPendingRuns, rec.run_id, "");
   batch.Put(Cf::kRunsByFlow, store::RunsByFlowKey(rec.flow_id, rec.created_at, rec.run_id), "");
+  if (with_run) with_run(batch, rec);
   auto status = co_await store_.AsyncWrite(std::move(batch), asio::use_awaitable);
   if (!status.ok()) {
     live_.fetch_sub(1);
@@ -250,6 +254,8 @@ asio::awaitable<void> Engine::Finish(RunRecord rec, RunTable::Entry* entry, std:
     store::Batch batch;
     batch.Put(Cf::kRuns, rec.run_id, encoded);
     batch.Delete(Cf::kPendingRuns, rec.run_id);
+    batch.Put(Cf::kRunsByEnd, store::DueKey(rec.finished_at, rec.run_id),
+              rec.flow_id + "/" + std::to_string(rec.created_at));
     if (global) Webhooks::Persist(batch, *global);
     auto status = co_await store_.AsyncWrite(std::move(batch), asio::use_awaitable);
     if (status.ok()) break;
@@ -384,7 +390,58 @@ size_t Engine::Resume() {
   return resumed;
 }
 
-void Engine::StartSweeper() { SpawnLogged(ioc_, Sweeper(), "run table sweeper"); }
+void Engine::StartSweeper() {
+  SpawnLogged(ioc_, Sweeper(), "run table sweeper");
+  SpawnLogged(ioc_, RetentionSweeper(), "retention sweeper");
+}
+
+asio::awaitable<void> Engine::RetentionSweeper() {
+  asio::steady_timer timer(co_await asio::this_coro::executor);
+  const auto every = std::chrono::milliseconds(std::clamp<int64_t>(options_.retention_ms / 4, 250, 60'000));
+  for (;;) {
+    timer.expires_after(every);
+    auto [ec] = co_await timer.async_wait(asio::as_tuple(asio::use_awaitable));
+    if (ec) co_return;
+    const int64_t cutoff = NowMillis() - options_.retention_ms;
+    while (co_await DeleteExpired(cutoff) > 0) {
+    }
+  }
+}
+
+asio::awaitable<size_t> Engine::DeleteExpired(int64_t cutoff) {
+  constexpr size_t kPage = 256;
+  auto rows = co_await store_.AsyncScan(Cf::kRunsByEnd, "", "", kPage, asio::use_awaitable);
+  store::Batch batch;
+  size_t deleted = 0;
+  for (const auto& row : rows) {
+    int64_t ended = 0;
+    for (int i = 0; i < 8; ++i) ended = (ended << 8) | static_cast<unsigned char>(row.key[i]);
+    if (ended > cutoff) break;
+    const std::string run_id = row.key.substr(8);
+    const size_t slash = row.value.rfind('/');
+    const std::string flow_id = row.value.substr(0, slash);
+    int64_t created_at = 0;
+    std::from_chars(row.value.data() + slash + 1, row.value.data() + row.value.size(), created_at);
+    batch.Delete(Cf::kRuns, run_id);
+    batch.Delete(Cf::kRunsByFlow, store::RunsByFlowKey(flow_id, created_at, run_id));
+    batch.Delete(Cf::kRunsByEnd, row.key);
+    // Its deliveries go too, except one still being retried (it keeps its own record).
+    auto links = co_await store_.AsyncScan(Cf::kRunDeliveries, run_id + "/", "", 1000, asio::use_awaitable);
+    std::vector<std::string> ids;
+    for (const auto& l : links) ids.push_back(l.key.substr(run_id.size() + 1));
+    auto records = co_await store_.AsyncMultiGet(Cf::kDeliveries, ids, asio::use_awaitable);
+    for (size_t i = 0; i < ids.size(); ++i) {
+      Delivery d;
+      if (records[i] && DecodeDelivery(*records[i], d) && d.status == Delivery::Status::kPending) continue;
+      batch.Delete(Cf::kDeliveries, ids[i]);
+      batch.Delete(Cf::kRunDeliveries, links[i].key);
+    }
+    ++deleted;
+  }
+  if (deleted == 0) co_return 0;
+  auto status = co_await store_.AsyncWrite(std::move(batch), asio::use_awaitable);
+  co_return status.ok() ? deleted : 0;
+}
 
 asio::awaitable<void> Engine::Sweeper() {
   asio::steady_timer timer(co_await asio::this_coro::executor);

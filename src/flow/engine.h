@@ -21,6 +21,7 @@
 #include <boost/asio/io_context.hpp>
 
 #include <atomic>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -38,6 +39,7 @@ namespace flowd::flow {
 struct EngineOptions {
   size_t max_queued_runs = 100000;  // live (not yet ended) runs before 429 queue_full
   int64_t keep_ended_ms = 5000;     // how long an ended run stays in the RunTable
+  int64_t retention_ms = 48LL * 3600 * 1000;  // --retention: ended runs are deleted after this
 };
 
 class Engine {
@@ -47,7 +49,9 @@ class Engine {
 
   // Persists and starts a run described by `rec` (inputs and options already decoded).
   // On success fills in the run's id and times; errors: queue_full, unavailable.
-  boost::asio::awaitable<std::optional<Error>> Start(SavedFlow flow, RunRecord& rec);
+  // `with_run`, when set, adds records that must be written atomically with the run.
+  using BatchExtra = std::function<void(store::Batch&, const RunRecord&)>;
+  boost::asio::awaitable<std::optional<Error>> Start(SavedFlow flow, RunRecord& rec, BatchExtra with_run = {});
 
   // What the API may ask of one run.
   struct RunView {
@@ -80,7 +84,9 @@ class Engine {
   // Start-up, before serving (blocking store reads): restarts every run left pending.
   size_t Resume();
 
-  // Starts the periodic RunTable sweep; it ends when the io_context stops.
+  // Starts the periodic RunTable sweep and the retention sweep (which deletes ended runs,
+  // their events and ended deliveries once --retention has passed, through the store's
+  // reader pool and writer: never on the event loop). Both end when the io_context stops.
   void StartSweeper();
 
   size_t live_runs() const { return live_.load(std::memory_order_relaxed); }
@@ -93,6 +99,8 @@ class Engine {
                                        std::shared_ptr<RunControl> control);
   boost::asio::awaitable<void> Finish(RunRecord rec, RunTable::Entry* entry, std::shared_ptr<RunControl> control);
   boost::asio::awaitable<void> Sweeper();
+  boost::asio::awaitable<void> RetentionSweeper();
+  boost::asio::awaitable<size_t> DeleteExpired(int64_t cutoff);
 
   boost::asio::io_context& ioc_;
   store::Store& store_;

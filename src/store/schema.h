@@ -20,11 +20,14 @@ enum class Cf : uint8_t {
   kDeliveries,   // delivery_id -> webhook delivery record (with its attempts)
   kDueDeliveries,  // DueKey(next_attempt_at, delivery_id) -> "": undelivered, in due order
   kRunDeliveries,  // run_id + '/' + delivery_id -> "": a run's deliveries
+  kIdempotency,    // account + '\n' + Idempotency-Key -> the run it started
+  kRunsByEnd,      // DueKey(finished_at, run_id) -> flow_id: ended runs, oldest first, for retention
   kCount
 };
 
 inline constexpr const char* kCfNames[] = {"keys", "flows", "flow_heads", "runs", "pending_runs", "runs_by_flow",
-                                        "accounts",    "deliveries", "due_deliveries", "run_deliveries"};
+                                        "accounts",    "deliveries", "due_deliveries", "run_deliveries",
+                                        "idempotency", "runs_by_end"};
 inline constexpr size_t kCfCount = static_cast<size_t>(Cf::kCount);
 static_assert(sizeof(kCfNames) / sizeof(kCfNames[0]) == static_cast<size_t>(Cf::kCount));
 
@@ -50,7 +53,7 @@ inline void PutBigEndian64(std::string& out, uint64_t v) {
   for (int shift = 56; shift >= 0; shift -= 8) out += static_cast<char>((v >> shift) & 0xFF);
 }
 
-// Due deliveries sort by the time of their next attempt.
+// Due deliveries sort by the time of their next attempt; ended runs by their end.
 inline std::string DueKey(int64_t due_ms, std::string_view delivery_id) {
   std::string k;
   PutBigEndian64(k, static_cast<uint64_t>(due_ms));

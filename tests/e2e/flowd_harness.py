@@ -13,10 +13,18 @@ What this module gives the test scripts:
 - `poll_run`, `load_flow`: run polling and fixture loading.
 - `read_sse`: reads a `text/event-stream` response into events, with arrival times.
 - `files_containing`: which files under a folder hold some bytes (secrets that must not leak).
+- `webhook_key`, `webhook_sign`, `webhook_signature_matches`: Standard Webhooks signatures
+  computed with Python's `hmac`; `standardwebhooks_verify`: the same checked by the npm package
+  `standardwebhooks` (through `verify_standardwebhooks.mjs`, needs `npm ci` in the repository).
 
-Only the Python standard library is used, and only 127.0.0.1 is ever contacted.
+Only the Python standard library is used (plus Node.js for `standardwebhooks_verify`), and
+only 127.0.0.1 is ever contacted.
 """
 
+import base64
+import binascii
+import hashlib
+import hmac
 import http.client
 import json
 import os
@@ -659,3 +667,74 @@ def files_containing(root, needle, max_file=256 << 20):
             if needle in data:
                 hits.append(path)
     return hits
+
+
+# --------------------------------------------------------------------------- webhook signatures
+
+def webhook_key(secret):
+    """The HMAC key of a `whsec_<base64>` secret: the base64-decoded part after the prefix."""
+    if not isinstance(secret, str) or not secret.startswith("whsec_"):
+        raise ValueError(f"not a whsec_ secret: {secret!r}")
+    try:
+        return base64.b64decode(secret[len("whsec_"):], validate=True)
+    except (binascii.Error, ValueError) as e:
+        raise ValueError(f"secret is not whsec_<base64>: {e}")
+
+
+def webhook_sign(secret, msg_id, timestamp, body):
+    """`v1,<base64 HMAC-SHA256(key, "{id}.{timestamp}." + body bytes)>`."""
+    if isinstance(body, str):
+        body = body.encode("utf-8")
+    mac = hmac.new(webhook_key(secret), f"{msg_id}.{timestamp}.".encode("utf-8") + body,
+                   hashlib.sha256)
+    return "v1," + base64.b64encode(mac.digest()).decode("ascii")
+
+
+def webhook_signature_entries(header_value):
+    """The space-separated entries of a `webhook-signature` header."""
+    return [e for e in (header_value or "").split(" ") if e]
+
+
+def webhook_signature_matches(secret, headers, body):
+    """Index of the `webhook-signature` entry that `secret` produced over the raw `body` with
+    the `webhook-id` and `webhook-timestamp` headers (lowercase dict), or None."""
+    want = webhook_sign(secret, headers.get("webhook-id", ""), headers.get("webhook-timestamp", ""),
+                        body)
+    for i, entry in enumerate(webhook_signature_entries(headers.get("webhook-signature"))):
+        if hmac.compare_digest(entry.encode("ascii", "replace"), want.encode("ascii")):
+            return i
+    return None
+
+
+_REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+STANDARDWEBHOOKS_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                       "verify_standardwebhooks.mjs")
+
+
+def standardwebhooks_verify(cases, timeout=30.0):
+    """Verify deliveries with the npm package `standardwebhooks` (`new Webhook(secret)
+    .verify(body, headers)`). `cases`: [(secret, headers, body_bytes)]. Returns one
+    `{"ok": bool, "error"?: str}` per case.
+
+    Raises AssertionError with a clear message when Node.js or the package is missing: the
+    package comes from the repository's package.json (`npm ci` in the repository root)."""
+    pkg = os.path.join(_REPO_ROOT, "node_modules", "standardwebhooks", "package.json")
+    if not os.path.isfile(pkg):
+        raise AssertionError(
+            f"the npm package standardwebhooks is not installed ({pkg} is missing): run "
+            f"`npm ci` in {_REPO_ROOT} (tools/test does) before the end-to-end tests")
+    payload = [{"secret": s, "headers": {k: v for k, v in h.items()},
+                "body_b64": base64.b64encode(b if isinstance(b, bytes) else b.encode()).decode()}
+               for s, h, b in cases]
+    try:
+        res = subprocess.run(["node", STANDARDWEBHOOKS_SCRIPT], input=json.dumps(payload).encode(),
+                             capture_output=True, timeout=timeout)
+    except FileNotFoundError:
+        raise AssertionError("`node` (Node.js) is not on PATH: it runs the standardwebhooks "
+                             "verifier")
+    lines = [ln for ln in res.stdout.decode("utf-8", "replace").splitlines() if ln.strip()]
+    if res.returncode not in (0, 1) or len(lines) != len(cases):
+        raise AssertionError(
+            f"verify_standardwebhooks.mjs exited {res.returncode} with {len(lines)} result(s) for "
+            f"{len(cases)} case(s): {res.stderr.decode('utf-8', 'replace').strip()[:500]}")
+    return [json.loads(ln) for ln in lines]

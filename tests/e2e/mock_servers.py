@@ -1,6 +1,7 @@
 """Local stand-ins for the outside world that flowd talks to, for the end-to-end tests.
 
 - `MockHTTP`: a plain HTTP/1.1 target with routes (status, headers, body, delay) that a test sets.
+- `MockReceiver`: a webhook receiver: a `MockHTTP` that answers 200 to whatever has no route.
 - `MockLLM`: an OpenAI-compatible `POST .../chat/completions` (by default it answers with the
   user message's text) and an Anthropic `POST .../v1/messages` (by default: the user text).
 - `make_certs` + `tls=` on either server: HTTPS with certificates made by the `openssl` CLI in a
@@ -49,6 +50,7 @@ class Recorded:
             self.headers[k] = f"{self.headers[k]}, {v}" if k in self.headers else v
         self.body = body                # raw bytes
         self.at = at                    # time.monotonic() when the head and body had arrived
+        self.wall = time.time()         # the same moment on the wall clock (Unix seconds)
 
     def json(self):
         try:
@@ -337,6 +339,18 @@ class MockHTTP(MockServer):
         if callable(reply):
             reply = reply(rec)
         return reply if reply is not None else super().default_reply(rec)
+
+
+class MockReceiver(MockHTTP):
+    """A webhook receiver: scripted replies first, then routes, else `200 {"received": true}`
+    (so a test only scripts the answers that are not a plain success)."""
+
+    def default_reply(self, rec):
+        with self._lock:
+            routed = self._routes.get(rec.path) or self._routes.get(rec.path.split("?", 1)[0])
+        if routed is not None:
+            return super().default_reply(rec)
+        return Reply(200, json_body={"received": True})
 
 
 # --------------------------------------------------------------------------- model providers
