@@ -182,6 +182,10 @@ int Serve(int argc, char** argv) {
                        [&] { return server_ptr && !server_ptr->draining(); });
     net::Server server(ioc, routes, server_options);
     server_ptr = &server;
+    routes.AddMetricsSource([&](std::string& out) { server.RenderMetrics(out); });
+    routes.AddMetricsSource([&](std::string& out) { engine.RenderMetrics(out); });
+    routes.AddMetricsSource([&](std::string& out) { webhooks.RenderMetrics(out); });
+    routes.AddMetricsSource([&](std::string& out) { store->RenderMetrics(out); });
     if (!server.Listen({address, static_cast<unsigned short>(port)}, &error)) return Fail("cannot listen on " + listen + ": " + error);
 
     size_t resumed = engine.Resume();

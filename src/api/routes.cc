@@ -191,7 +191,83 @@ std::optional<net::Response> Routes::Precheck(const Request& head) {
   return std::nullopt;
 }
 
+namespace {
+
+constexpr std::string_view kRouteNames[] = {"healthz",    "readyz",       "metrics",     "keys",        "webhook_secret",
+                                            "flows",      "flow",         "flow_api",    "runs_list",   "run_start",
+                                            "run_get",    "run_cancel",   "run_events",  "deliveries",  "delivery_retry",
+                                            "other"};
+constexpr unsigned kStatusCodes[] = {200, 201, 202, 204, 400, 401, 404, 405, 409,
+                                     413, 415, 422, 429, 431, 500, 501, 503, 0};
+
+// The route a path belongs to, by shape alone (ids are not checked here).
+size_t RouteIndex(std::string_view path) {
+  auto at = [](std::string_view name) {
+    for (size_t i = 0; i < std::size(kRouteNames); ++i) {
+      if (kRouteNames[i] == name) return i;
+    }
+    return std::size(kRouteNames) - 1;
+  };
+  if (path == "/healthz") return at("healthz");
+  if (path == "/readyz") return at("readyz");
+  if (path == "/metrics") return at("metrics");
+  if (!path.starts_with("/v1/")) return at("other");
+  auto p = Split(path.substr(3));
+  if (p[0] == "keys") return at("keys");
+  if (p[0] == "webhook-secret") return at("webhook_secret");
+  if (p[0] != "flow") return at("other");
+  switch (p.size()) {
+    case 1: return at("flows");
+    case 2: return at("flow");
+    case 3: return at(p[2] == "api" ? "flow_api" : p[2] == "runs" ? "runs_list" : p[2] == "run" ? "run_start" : "other");
+    case 4: return at("run_get");
+    case 5: return at(p[4] == "cancel" ? "run_cancel" : p[4] == "events" ? "run_events" : p[4] == "deliveries" ? "deliveries" : "other");
+    case 7: return at("delivery_retry");
+    default: return at("other");
+  }
+}
+
+size_t StatusIndex(unsigned status) {
+  for (size_t i = 0; i + 1 < std::size(kStatusCodes); ++i) {
+    if (kStatusCodes[i] == status) return i;
+  }
+  return std::size(kStatusCodes) - 1;
+}
+
+}  // namespace
+
 asio::awaitable<net::Reply> Routes::Handle(Request& req) {
+  const auto started = std::chrono::steady_clock::now();
+  const size_t route = RouteIndex(req.target().substr(0, req.target().find('?')));
+  net::Reply reply = co_await Dispatch(req);
+  RouteMetrics& m = route_metrics_[route];
+  m.by_status[StatusIndex(reply.response.result_int())].Add();
+  m.seconds.Observe(std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count());
+  co_return reply;
+}
+
+std::string Routes::RenderMetrics() const {
+  static_assert(std::size(kRouteNames) == kRoutes && std::size(kStatusCodes) == kStatuses);
+  std::string out;
+  MetricHeader(out, "flowd_http_requests_total", "counter", "Requests answered, by route and status.");
+  for (size_t r = 0; r < kRoutes; ++r) {
+    for (size_t s = 0; s < kStatuses; ++s) {
+      uint64_t n = route_metrics_[r].by_status[s].value();
+      if (n == 0) continue;
+      std::string status = kStatusCodes[s] ? std::to_string(kStatusCodes[s]) : "other";
+      MetricLine(out, "flowd_http_requests_total",
+                 "route=\"" + std::string(kRouteNames[r]) + "\",status=\"" + status + "\"", static_cast<double>(n));
+    }
+  }
+  MetricHeader(out, "flowd_http_request_seconds", "histogram", "Time from a request's head to its answer, by route.");
+  for (size_t r = 0; r < kRoutes; ++r) {
+    route_metrics_[r].seconds.Render(out, "flowd_http_request_seconds", "route=\"" + std::string(kRouteNames[r]) + "\"");
+  }
+  for (const auto& source : metric_sources_) source(out);
+  return out;
+}
+
+asio::awaitable<net::Reply> Routes::Dispatch(Request& req) {
   std::string_view target = req.target();
   size_t q = target.find('?');
   std::string_view path = target.substr(0, q);
@@ -205,6 +281,14 @@ asio::awaitable<net::Reply> Routes::Handle(Request& req) {
       co_return res;
     }
     co_return JsonResponse(200, R"({"status":"ok"})");
+  }
+  if (path == "/metrics") {
+    if (req.method() != http::verb::get) co_return MethodNotAllowed("GET");
+    Response res{http::status::ok, 11};
+    res.set(http::field::content_type, "text/plain; version=0.0.4");
+    res.body() = RenderMetrics();
+    res.prepare_payload();
+    co_return res;
   }
   if (!path.starts_with("/v1/")) co_return NotFound();
 

@@ -10,6 +10,7 @@
 #include <unordered_set>
 
 #include "api/key_ring.h"
+#include "base/metrics.h"
 #include "flow/catalog.h"
 #include "flow/engine.h"
 #include "flow/webhooks.h"
@@ -26,6 +27,10 @@ class Routes : public net::Handler {
       : keys_(keys), catalog_(catalog), engine_(engine), webhooks_(webhooks), secrets_(secrets), store_(store),
         ready_(std::move(ready)) {}
 
+  // What /metrics shows besides the request metrics kept here (store, engine, webhooks,
+  // transport). Call before serving.
+  void AddMetricsSource(std::function<void(std::string&)> render) { metric_sources_.push_back(std::move(render)); }
+
   std::optional<net::Response> Precheck(const net::Request& head) override;
   boost::asio::awaitable<net::Reply> Handle(net::Request& req) override;
 
@@ -37,6 +42,17 @@ class Routes : public net::Handler {
   boost::asio::awaitable<net::Reply> OneRun(Call& c, const std::string& flow_id);
   boost::asio::awaitable<net::Response> Deliveries(Call& c, const std::string& flow_id);
   boost::asio::awaitable<net::Response> WebhookSecret(Call& c);
+  boost::asio::awaitable<net::Reply> Dispatch(net::Request& req);
+  std::string RenderMetrics() const;
+
+  static constexpr size_t kRoutes = 16;
+  static constexpr size_t kStatuses = 18;
+  struct RouteMetrics {
+    Counter by_status[kStatuses];
+    Histogram seconds{std::span<const double>(kLatencyBounds)};
+  };
+  RouteMetrics route_metrics_[kRoutes];
+  std::vector<std::function<void(std::string&)>> metric_sources_;
 
   KeyRing& keys_;
   flow::Catalog& catalog_;

@@ -227,6 +227,7 @@ asio::awaitable<void> Engine::Finish(RunRecord rec, RunTable::Entry* entry, std:
   }
   control->Publish("", true);
   live_.fetch_sub(1);
+  ended_[static_cast<size_t>(rec.status)].Add();
   RunRecord stored = rec;
   if (!rec.save) stored.outputs.clear();
   const std::string encoded = EncodeRecord(stored);
@@ -388,6 +389,16 @@ size_t Engine::Resume() {
     ++resumed;
   }
   return resumed;
+}
+
+void Engine::RenderMetrics(std::string& out) const {
+  MetricHeader(out, "flowd_runs_live", "gauge", "Accepted runs that have not ended (the queue).");
+  MetricLine(out, "flowd_runs_live", "", static_cast<double>(live_runs()));
+  MetricHeader(out, "flowd_runs_ended_total", "counter", "Runs that ended since start, by status.");
+  for (auto s : {RunStatus::kComplete, RunStatus::kFailed, RunStatus::kCanceled}) {
+    MetricLine(out, "flowd_runs_ended_total", "status=\"" + std::string(StatusName(s)) + "\"",
+               static_cast<double>(ended_[static_cast<size_t>(s)].value()));
+  }
 }
 
 void Engine::StartSweeper() {

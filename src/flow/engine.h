@@ -27,6 +27,7 @@
 #include <string>
 
 #include "base/error.h"
+#include "base/metrics.h"
 #include "flow/catalog.h"
 #include "flow/flow.h"
 #include "flow/nodes.h"
@@ -90,6 +91,7 @@ class Engine {
   void StartSweeper();
 
   size_t live_runs() const { return live_.load(std::memory_order_relaxed); }
+  void RenderMetrics(std::string& out) const;
   RunTable& table() { return table_; }
 
  private:
@@ -109,6 +111,7 @@ class Engine {
   EngineOptions options_;
   RunTable table_;
   std::atomic<size_t> live_{0};
+  Counter ended_[4];  // by RunStatus
 };
 
 }  // namespace flowd::flow

@@ -339,6 +339,7 @@ asio::awaitable<void> Webhooks::Worker(Delivery d) {
     const size_t retries_used = d.attempts.size() - 1;
     if (res.status >= 200 && res.status < 300) {
       d.status = Delivery::Status::kDelivered;
+      attempts_delivered_.Add();
     } else if (Retryable(res) && retries_used < options_.schedule.size()) {
       // ±20 % jitter spreads retries to one receiver that failed many deliveries at once.
       unsigned char r;
@@ -347,11 +348,20 @@ asio::awaitable<void> Webhooks::Worker(Delivery d) {
       auto delay = std::chrono::milliseconds(static_cast<int64_t>(options_.schedule[retries_used].count() * factor));
       if (auto ra = RetryAfter(res); ra && *ra > delay) delay = *ra;
       d.next_at = NowMillis() + delay.count();
+      attempts_retried_.Add();
     } else {
       d.status = Delivery::Status::kFailed;
+      attempts_failed_.Add();
     }
     co_await Save(d, old_due);
   }
+}
+
+void Webhooks::RenderMetrics(std::string& out) const {
+  MetricHeader(out, "flowd_webhook_attempts_total", "counter", "Webhook delivery attempts, by outcome.");
+  MetricLine(out, "flowd_webhook_attempts_total", "outcome=\"delivered\"", static_cast<double>(attempts_delivered_.value()));
+  MetricLine(out, "flowd_webhook_attempts_total", "outcome=\"retry\"", static_cast<double>(attempts_retried_.value()));
+  MetricLine(out, "flowd_webhook_attempts_total", "outcome=\"failed\"", static_cast<double>(attempts_failed_.value()));
 }
 
 asio::awaitable<std::vector<Delivery>> Webhooks::ListForRun(std::string run_id) {

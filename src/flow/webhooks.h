@@ -25,6 +25,7 @@
 #include <vector>
 
 #include "base/error.h"
+#include "base/metrics.h"
 #include "net/http_client.h"
 #include "store/store.h"
 
@@ -111,8 +112,11 @@ class Webhooks {
   // Sends a failed delivery again, on a fresh schedule. Errors: not_found, conflict.
   boost::asio::awaitable<std::optional<Error>> Retry(std::string run_id, std::string delivery_id, Delivery* out);
 
+  void RenderMetrics(std::string& out) const;
+
  private:
   boost::asio::awaitable<void> Worker(Delivery d);
+  Counter attempts_delivered_, attempts_retried_, attempts_failed_;
   boost::asio::awaitable<void> Save(const Delivery& d, int64_t old_due);
 
   boost::asio::io_context& ioc_;

@@ -83,6 +83,7 @@ asio::awaitable<void> Server::AcceptLoop() {
       continue;
     }
     socket.set_option(tcp::no_delay(true), ec);
+    accepted_.Add();
     auto ex = socket.get_executor();
     SpawnLogged(ex, Session(std::move(socket)), "http session");
   }
@@ -100,6 +101,13 @@ asio::awaitable<void> Server::Session(tcp::socket socket) {
     co_return !ec;
   };
   auto refuse = [&](Response res) -> asio::awaitable<void> {
+    switch (res.result_int()) {
+      case 400: refused_[0].Add(); break;
+      case 413: refused_[1].Add(); break;
+      case 431: refused_[2].Add(); break;
+      case 501: refused_[3].Add(); break;
+      default: break;
+    }
     res.keep_alive(false);
     co_await send(res);
     boost::system::error_code ignored;
@@ -241,6 +249,18 @@ asio::awaitable<void> Server::Stream(beast::tcp_stream& stream, const Response& 
   }
   boost::system::error_code ignored;
   stream.socket().shutdown(tcp::socket::shutdown_send, ignored);
+}
+
+void Server::RenderMetrics(std::string& out) const {
+  MetricHeader(out, "flowd_http_connections_total", "counter", "Connections accepted.");
+  MetricLine(out, "flowd_http_connections_total", "", static_cast<double>(accepted_.value()));
+  MetricHeader(out, "flowd_http_transport_refusals_total", "counter",
+               "Requests refused before reaching a route (framing, limits), by status.");
+  const char* codes[] = {"400", "413", "431", "501"};
+  for (int i = 0; i < 4; ++i) {
+    MetricLine(out, "flowd_http_transport_refusals_total", std::string("status=\"") + codes[i] + "\"",
+               static_cast<double>(refused_[i].value()));
+  }
 }
 
 asio::awaitable<void> Server::Drain(std::chrono::milliseconds timeout) {

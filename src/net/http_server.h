@@ -25,6 +25,7 @@
 #include <optional>
 #include <string_view>
 
+#include "base/metrics.h"
 #include "net/http_message.h"
 
 namespace flowd::net {
@@ -83,6 +84,9 @@ class Server {
 
   bool draining() const { return draining_.load(std::memory_order_relaxed); }
 
+  // Connections accepted and requests the transport refused itself, in Prometheus text.
+  void RenderMetrics(std::string& out) const;
+
  private:
   boost::asio::awaitable<void> AcceptLoop();
   boost::asio::awaitable<void> Session(boost::asio::ip::tcp::socket socket);
@@ -96,6 +100,8 @@ class Server {
   boost::asio::ip::tcp::acceptor acceptor_;
   std::atomic<bool> draining_{false};
   std::atomic<int> busy_{0};  // connections with a request between head and response
+  Counter accepted_;
+  Counter refused_[4];  // 400, 413, 431, 501
 };
 
 }  // namespace flowd::net

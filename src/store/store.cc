@@ -118,6 +118,15 @@ std::vector<KeyValue> Store::ScanPage(Cf cf, std::string_view prefix, std::strin
   return rows;
 }
 
+void Store::RenderMetrics(std::string& out) const {
+  MetricHeader(out, "flowd_store_group_batches", "histogram", "Batches merged into one store write (group commit).");
+  group_batches_.Render(out, "flowd_store_group_batches", "");
+  MetricHeader(out, "flowd_store_write_seconds", "histogram", "Time to write (and sync) one group.");
+  write_seconds_.Render(out, "flowd_store_write_seconds", options_.sync ? "sync=\"true\"" : "sync=\"false\"");
+  MetricHeader(out, "flowd_store_write_failures_total", "counter", "Group writes the store refused.");
+  MetricLine(out, "flowd_store_write_failures_total", "", static_cast<double>(write_failures_.value()));
+}
+
 void Store::Enqueue(Batch batch, boost::asio::any_completion_handler<void(Status)> done) {
   {
     std::lock_guard lock(mu_);
@@ -154,7 +163,11 @@ void Store::WriterLoop() {
     }
     rocksdb::WriteOptions wo;
     wo.sync = options_.sync;
+    const auto started = std::chrono::steady_clock::now();
     Status s = FromRocks(db_->Write(wo, &wb));
+    write_seconds_.Observe(std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count());
+    group_batches_.Observe(static_cast<double>(group.size()));
+    if (!s.ok()) write_failures_.Add();
     if (!s.ok()) {
       // RocksDB stops accepting writes after some errors (a full disk among them) until
       // it has recovered; Resume() asks for that now rather than at the next flush.

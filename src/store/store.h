@@ -32,6 +32,7 @@
 #include <utility>
 #include <vector>
 
+#include "base/metrics.h"
 #include "store/schema.h"
 
 namespace rocksdb {
@@ -174,6 +175,9 @@ class Store {
   // How many group writes (one WriteBatch, one sync each) have been made.
   uint64_t groups_written() const { return groups_.load(std::memory_order_relaxed); }
 
+  // Group sizes, write-and-sync latency and failures, in Prometheus text.
+  void RenderMetrics(std::string& out) const;
+
   // False after a write failed, until one succeeds again.
   bool healthy() const { return healthy_.load(std::memory_order_relaxed); }
 
@@ -193,6 +197,9 @@ class Store {
   std::vector<rocksdb::ColumnFamilyHandle*> cfs_;  // owned; closed before db_
   std::atomic<bool> healthy_{true};
   std::atomic<uint64_t> groups_{0};
+  Histogram group_batches_{1, 2, 4, 8, 16, 32, 64, 128, 256, 512};
+  Histogram write_seconds_{std::span<const double>(kLatencyBounds)};
+  Counter write_failures_;
 
   std::mutex mu_;
   std::condition_variable cv_;

@@ -35,6 +35,7 @@ import subprocess
 import tempfile
 import threading
 import time
+import urllib.parse
 
 HOST = "127.0.0.1"
 KEY_RE = re.compile(r"^fk_[0-9A-Za-z]{38,}$")
@@ -132,6 +133,31 @@ class Server:
                 self.proc.wait(10)
                 raise RuntimeError(f"flowd did not exit within {timeout:.0f} s of SIGTERM")
         return self.proc.returncode
+
+    def sigterm(self):
+        """Send SIGTERM and return at once (see `wait_exit`); False if the process is gone."""
+        if self.proc.poll() is not None:
+            return False
+        try:
+            self.proc.send_signal(signal.SIGTERM)
+        except ProcessLookupError:
+            return False
+        return True
+
+    def wait_exit(self, timeout):
+        """Wait up to `timeout` s for the process to exit; its exit code, or None if alive."""
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            return None
+
+    def startup_lines(self):
+        """The stderr lines up to and including the `listening on` line ([] before it)."""
+        with self._lock:
+            for i, line in enumerate(self._lines):
+                if _LISTEN_RE.search(line):
+                    return list(self._lines[:i + 1])
+        return []
 
     def _force_stop(self):
         if self.proc.poll() is None:
@@ -519,6 +545,46 @@ def poll_run(client, flow_id, run_id, timeout=10.0, interval=0.05):
         if time.monotonic() > end:
             raise AssertionError(f"run {run_id} still pending after {timeout:.0f} s: {body!r:.300}")
         time.sleep(interval)
+
+
+def list_runs(client, flow_id, status=None, limit=100, max_pages=10000):
+    """Every run of `GET /v1/flow/{flow_id}/runs`, following `next_cursor` (at most
+    `max_pages` pages); returns the run objects, newest first."""
+    runs = []
+    cursor = None
+    for _ in range(max_pages):
+        query = [f"limit={limit}"]
+        if status:
+            query.append(f"status={status}")
+        if cursor:
+            query.append(f"cursor={urllib.parse.quote(cursor, safe='')}")
+        path = f"/v1/flow/{flow_id}/runs?{'&'.join(query)}"
+        code, _, body = client.get(path)
+        if code != 200 or not isinstance(body, dict) or not isinstance(body.get("runs"), list):
+            raise AssertionError(f"GET {path} -> {code} {body!r:.300}")
+        runs += body["runs"]
+        cursor = body.get("next_cursor")
+        if not cursor:
+            return runs
+    raise AssertionError(f"runs listing of {flow_id} did not end within {max_pages} pages")
+
+
+def connect_refused(port, attempts=40, interval=0.05):
+    """Try new TCP connections to 127.0.0.1:port until one is refused (at most `attempts`
+    tries, `interval` s apart). Returns seconds until the refusal, or None if every try
+    connected (or failed otherwise)."""
+    t0 = time.monotonic()
+    for _ in range(attempts):
+        try:
+            s = socket.create_connection((HOST, port), timeout=1.0)
+        except ConnectionRefusedError:
+            return time.monotonic() - t0
+        except OSError:
+            pass
+        else:
+            s.close()
+        time.sleep(interval)
+    return None
 
 
 def shared_dir():

@@ -21,6 +21,7 @@ import base64
 import decimal
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -1286,6 +1287,96 @@ def api_builder_view_and_snippets_run(ctx):
             expect(result["outputs"]["text"] == "Topic:  / Tone: neutral / Count: 3", f"{name}: {short(result)}")
     st, _, _ = ctx.b.get(f"/v1/flow/{flow_id}/api")
     expect(st == 404, f"another account's view: status {st}")
+
+
+# --------------------------------------------------------------------------- /metrics
+
+_METRIC_NAME = r"[a-zA-Z_:][a-zA-Z0-9_:]*"
+_SAMPLE_RE = re.compile(r"^(" + _METRIC_NAME + r")(\{((?:[a-zA-Z_][a-zA-Z0-9_]*=\"(?:[^\"\\\\\n]|\\\\.)*\",?)*)\})? "
+                        r"(-?(?:[0-9]+(?:\.[0-9]*)?(?:[eE][+-]?[0-9]+)?|\+Inf|-Inf|NaN))$")
+
+
+def parse_exposition(text):
+    """A strict reader of the Prometheus text format (0.0.4): every sample belongs to a family
+    announced by # HELP and # TYPE, names and labels are well formed, and histograms have
+    cumulative buckets ending in +Inf equal to _count. Returns {family: [(name, labels, value)]}."""
+    families, types, current = {}, {}, None
+    expect(text.endswith("\n"), "exposition does not end with a newline")
+    for line in text.split("\n")[:-1]:
+        if line.startswith("# HELP "):
+            name = line.split(" ")[2]
+            expect(re.fullmatch(_METRIC_NAME, name), f"bad family name: {line!r}")
+            expect(name not in families, f"family announced twice: {name}")
+            families[name], current = [], name
+            continue
+        if line.startswith("# TYPE "):
+            _, _, name, typ = line.split(" ")
+            expect(name == current, f"TYPE for {name} does not follow its HELP")
+            expect(typ in ("counter", "gauge", "histogram", "summary", "untyped"), f"bad type: {line!r}")
+            types[name] = typ
+            continue
+        m = _SAMPLE_RE.match(line)
+        expect(m, f"malformed sample line: {line!r}")
+        name, labels, value = m.group(1), m.group(3) or "", float(m.group(4))
+        family = current
+        expect(family is not None and family in types, f"sample before its family: {line!r}")
+        suffixes = ("_bucket", "_sum", "_count") if types[family] == "histogram" else ("",)
+        expect(any(name == family + s for s in suffixes), f"sample {name} outside family {family}")
+        if types[family] == "counter":
+            expect(value >= 0, f"negative counter: {line!r}")
+        families[family].append((name, labels, value))
+    for family, typ in types.items():
+        if typ != "histogram":
+            continue
+        series = {}
+        for name, labels, value in families[family]:
+            base = re.sub(r',?le="[^"]*"', "", labels)
+            series.setdefault(base, {"buckets": [], "count": None})
+            if name.endswith("_bucket"):
+                le = re.search(r'le="([^"]*)"', labels).group(1)
+                series[base]["buckets"].append((le, value))
+            elif name.endswith("_count"):
+                series[base]["count"] = value
+        for base, sr in series.items():
+            values = [v for _, v in sr["buckets"]]
+            expect(values == sorted(values), f"{family}{{{base}}} buckets are not cumulative")
+            expect(sr["buckets"] and sr["buckets"][-1][0] == "+Inf", f"{family}{{{base}}} lacks +Inf")
+            expect(sr["buckets"][-1][1] == sr["count"], f"{family}{{{base}}} +Inf != _count")
+    return families
+
+
+@check
+def metrics_exposition_is_valid_and_counts(ctx):
+    """GET /metrics (no auth) is valid Prometheus text and moves with the traffic."""
+    flow_id = ctx.echo()
+    def scrape():
+        st, hdrs, body = ctx.anon.get("/metrics")
+        expect(st == 200, f"status {st}")
+        expect(hdrs.get("content-type", "").startswith("text/plain"), f"content-type {hdrs.get('content-type')}")
+        text = body.decode() if isinstance(body, (bytes, bytearray)) else json.dumps(body)
+        return parse_exposition(text)
+    def value(fams, family, name, label_part):
+        return sum(v for n, l, v in fams.get(family, []) if n == name and label_part in l)
+    before = scrape()
+    for _ in range(3):
+        st, _, body = ctx.a.post(f"/v1/flow/{flow_id}/run", {"topic": "metrics"})
+        expect(st == 202, f"run: {st} {short(body)}")
+    ctx.a.get(f"/v1/flow/{flow_id}/run/nope")
+    time.sleep(0.5)
+    after = scrape()
+    for fam in ("flowd_http_requests_total", "flowd_http_request_seconds", "flowd_runs_live",
+                "flowd_runs_ended_total", "flowd_store_group_batches", "flowd_store_write_seconds",
+                "flowd_webhook_attempts_total", "flowd_http_transport_refusals_total"):
+        expect(fam in after, f"missing family {fam}")
+    started = lambda f: value(f, "flowd_http_requests_total", "flowd_http_requests_total", 'route="run_start",status="202"')
+    expect(started(after) - started(before) == 3, f"run_start 202 grew by {started(after) - started(before)}")
+    ended = lambda f: value(f, "flowd_runs_ended_total", "flowd_runs_ended_total", 'status="complete"')
+    expect(ended(after) - ended(before) >= 3, "completed runs did not grow")
+    missing = lambda f: value(f, "flowd_http_requests_total", "flowd_http_requests_total", 'route="run_get",status="404"')
+    expect(missing(after) - missing(before) == 1, "run_get 404 did not grow by 1")
+    text = ctx.anon.get("/metrics")[2]
+    text = text.decode() if isinstance(text, (bytes, bytearray)) else str(text)
+    expect(ctx.key_a not in text and ctx.key_a[:20] not in text, "a key appears in /metrics")
 
 
 # --------------------------------------------------------------------------- main

@@ -16,6 +16,9 @@
 //     "HTTP/1.0 ", the version flowd answers an HTTP/1.0 request with), a 3-digit status
 //     and a space; a final response has Content-Length and all of its body; 1xx is only
 //     100 Continue; nothing follows a response that said Connection: close;
+//   - a response to HEAD on a kept-alive connection carries no content, whatever the
+//     handler returned (the handler here, like flowd's routes, answers HEAD as GET), since a
+//     client would read that content as the start of the next response;
 //   - the handler never sees a body over max_body.
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -24,12 +27,15 @@
 #include <unistd.h>
 
 #include <boost/asio/awaitable.hpp>
+#include <boost/asio/buffer.hpp>
 #include <boost/asio/executor_work_guard.hpp>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/ip/address.hpp>
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/post.hpp>
 #include <boost/beast/core/string.hpp>
+#include <boost/beast/http/parser.hpp>
+#include <boost/beast/http/string_body.hpp>
 
 #include <cerrno>
 #include <chrono>
@@ -39,11 +45,13 @@
 #include <cstdlib>
 #include <cstring>
 #include <future>
+#include <limits>
 #include <optional>
 #include <stdexcept>
 #include <string>
 #include <string_view>
 #include <thread>
+#include <vector>
 
 #include "base/log.h"
 #include "fuzz_check.h"
@@ -54,6 +62,7 @@ namespace {
 
 namespace asio = boost::asio;
 namespace beast = boost::beast;
+namespace http = beast::http;
 using flowd::fuzz::Check;
 using flowd::net::Request;
 using flowd::net::Response;
@@ -206,9 +215,39 @@ std::string_view Trim(std::string_view s) {
   return s;
 }
 
-// Walks the responses in `ex.received`, checking each one's framing.
-void CheckResponses(const Exchange& ex) {
+// The methods of the requests in `input`, in order, for as long as it reads as a series of
+// complete requests (Beast's parser with no head limit: the server may refuse sooner, and
+// then closes, so it never answers past the point where the two disagree).
+std::vector<http::verb> RequestMethods(std::string_view input) {
+  std::vector<http::verb> methods;
+  while (!input.empty()) {
+    http::request_parser<http::string_body> parser;
+    parser.header_limit(std::numeric_limits<std::uint32_t>::max());
+    parser.body_limit(input.size());  // a longer body is cut off anyway, so is never answered
+    parser.eager(true);
+    boost::system::error_code ec;
+    try {
+      while (!parser.is_done()) {
+        size_t used = parser.put(asio::buffer(input.data(), input.size()), ec);
+        input.remove_prefix(used);
+        if (ec == http::error::need_more && input.size() > 0 && used > 0) continue;
+        if (ec == http::error::need_more) parser.put_eof(ec);
+        if (ec) return methods;
+        if (used == 0 && !parser.is_done()) return methods;
+      }
+    } catch (const std::exception&) {
+      return methods;
+    }
+    methods.push_back(parser.get().method());
+  }
+  return methods;
+}
+
+// Walks the responses in `ex.received`, checking each one's framing. `methods` are those of
+// the requests sent, to which the final responses answer in order.
+void CheckResponses(const Exchange& ex, const std::vector<http::verb>& methods) {
   std::string_view rest = ex.received;
+  size_t answered = 0;  // final responses so far
   while (!rest.empty()) {
     size_t head_end = rest.find("\r\n\r\n");
     if (head_end == std::string_view::npos) {
@@ -249,6 +288,15 @@ void CheckResponses(const Exchange& ex) {
       continue;
     }
     Check(has_length, "a final response without Content-Length");
+    bool to_head = answered < methods.size() && methods[answered] == http::verb::head;
+    ++answered;
+    if (to_head) {
+      // Content-Length says what GET would send; the content itself must not follow, or a
+      // client reads it as the start of the next response. Before a close it does no harm.
+      if (closes && rest.size() == length) rest = {};
+      Check(rest.empty() || (!closes && rest.starts_with("HTTP/")), "a response to HEAD carries content");
+      continue;
+    }
     if (rest.size() < length) {
       Check(ex.reset, "a response body is cut off");
       return;
@@ -284,7 +332,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     std::fwrite(ex.received.data(), 1, ex.received.size(), stderr);
     std::fputc('\n', stderr);
   }
-  CheckResponses(ex);
+  CheckResponses(ex, RequestMethods(std::string_view(reinterpret_cast<const char*>(data), size)));
   SettleServer();
   return 0;
 }
