@@ -4,6 +4,10 @@
 #include <rocksdb/options.h>
 #include <rocksdb/write_batch.h>
 
+#include <sys/statvfs.h>
+
+#include <algorithm>
+
 #include "base/log.h"
 
 namespace flowd::store {
@@ -61,8 +65,20 @@ std::unique_ptr<Store> Store::Open(const Options& options, std::string* error) {
   return std::unique_ptr<Store>(new Store(options, db.release(), std::move(ours)));
 }
 
+uint64_t Store::FreeBytes() const {
+  struct statvfs fs;
+  if (statvfs(options_.path.c_str(), &fs) != 0) return UINT64_MAX;  // unknown: let RocksDB decide
+  return static_cast<uint64_t>(fs.f_bavail) * fs.f_frsize;
+}
+
 Store::Store(const Options& options, rocksdb::DB* db, std::vector<rocksdb::ColumnFamilyHandle*> cfs)
     : options_(options), db_(db), cfs_(std::move(cfs)) {
+  min_free_bytes_ = options_.min_free_bytes;
+  if (min_free_bytes_ == 0) {
+    struct statvfs fs;
+    uint64_t total = statvfs(options_.path.c_str(), &fs) == 0 ? static_cast<uint64_t>(fs.f_blocks) * fs.f_frsize : 0;
+    min_free_bytes_ = std::clamp<uint64_t>(total / 20, 4ull << 20, 256ull << 20);
+  }
   writer_ = std::thread([this] { WriterLoop(); });
 }
 
@@ -146,10 +162,23 @@ void Store::WriterLoop() {
       std::unique_lock lock(mu_);
       cv_.wait(lock, [this] { return stopping_ || !queue_.empty(); });
       if (queue_.empty()) return;  // stopping, and everything queued has been written
-      while (!queue_.empty() && group.size() < options_.max_group) {
+      size_t bytes = 0;
+      while (!queue_.empty() && group.size() < options_.max_group && (group.empty() || bytes < options_.max_group_bytes)) {
+        for (const auto& op : queue_.front().batch.ops_) bytes += op.key.size() + op.value.size();
         group.push_back(std::move(queue_.front()));
         queue_.pop_front();
       }
+    }
+    if (const uint64_t free = FreeBytes(); free < min_free_bytes_) {
+      Status s{Status::Code::kUnavailable, "the data folder's disk is nearly full"};
+      if (healthy_.exchange(false)) {
+        Log(LogLevel::kError, "store refuses writes: disk nearly full",
+            {{"free_bytes", std::to_string(free)}, {"reserve_bytes", std::to_string(min_free_bytes_)}});
+      }
+      write_failures_.Add();
+      for (auto& p : group) std::move(p.done)(s);
+      group.clear();
+      continue;
     }
     rocksdb::WriteBatch wb;
     for (auto& p : group) {
@@ -169,8 +198,8 @@ void Store::WriterLoop() {
     group_batches_.Observe(static_cast<double>(group.size()));
     if (!s.ok()) write_failures_.Add();
     if (!s.ok()) {
-      // RocksDB stops accepting writes after some errors (a full disk among them) until
-      // it has recovered; Resume() asks for that now rather than at the next flush.
+      // RocksDB stops accepting writes after some errors until it has recovered; Resume()
+      // asks for that now rather than at the next flush.
       Log(LogLevel::kError, "store write failed", {{"error", s.message}});
       db_->Resume();
     }

@@ -10,6 +10,9 @@
 //
 // Failure: a failed write (disk full, I/O error) completes with kUnavailable and changes
 // nothing; the next write is tried afresh, so service resumes when the cause goes away.
+// A full disk is kept from RocksDB altogether: the RocksDB 7.8.3 that Debian ships aborts
+// the process when it appends to its log after a failed append, so the writer refuses
+// groups while free space is under Options::min_free_bytes.
 #pragma once
 
 #include <boost/asio/any_completion_handler.hpp>
@@ -76,6 +79,11 @@ struct Options {
   std::string path;      // the data folder; created if missing
   bool sync = true;      // fsync the WAL before a write completes
   size_t max_group = 512;  // most batches merged into one write
+  size_t max_group_bytes = 4 << 20;  // ... and most bytes (one batch may exceed it alone)
+  // Writes are refused (kUnavailable) while the data folder's file system has less free
+  // space than this, so RocksDB never meets a full disk (0: 5 % of the file system,
+  // between 4 MiB and 256 MiB).
+  uint64_t min_free_bytes = 0;
 };
 
 struct KeyValue {
@@ -191,11 +199,13 @@ class Store {
   void WriterLoop();
   std::vector<KeyValue> ScanPage(Cf cf, std::string_view prefix, std::string_view after, size_t limit);
   rocksdb::ColumnFamilyHandle* Handle(Cf cf) const { return cfs_[static_cast<size_t>(cf)]; }
+  uint64_t FreeBytes() const;
 
   Options options_;
   std::unique_ptr<rocksdb::DB> db_;
   std::vector<rocksdb::ColumnFamilyHandle*> cfs_;  // owned; closed before db_
   std::atomic<bool> healthy_{true};
+  uint64_t min_free_bytes_ = 0;
   std::atomic<uint64_t> groups_{0};
   Histogram group_batches_{1, 2, 4, 8, 16, 32, 64, 128, 256, 512};
   Histogram write_seconds_{std::span<const double>(kLatencyBounds)};

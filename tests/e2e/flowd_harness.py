@@ -557,7 +557,7 @@ def list_runs(client, flow_id, status=None, limit=100, max_pages=10000):
         if status:
             query.append(f"status={status}")
         if cursor:
-            query.append(f"cursor={urllib.parse.quote(cursor, safe='')}")
+            query.append(f"cursor={urllib.parse.quote(cursor, safe='/')}")
         path = f"/v1/flow/{flow_id}/runs?{'&'.join(query)}"
         code, _, body = client.get(path)
         if code != 200 or not isinstance(body, dict) or not isinstance(body.get("runs"), list):
