@@ -68,11 +68,12 @@ int Fail(const std::string& message) {
 
 int Serve(int argc, char** argv) {
   std::string listen, data, durability, max_body, drain, log_level, ca_file;
-  std::string retry_schedule, webhook_timeout, secret_grace, retention;
+  std::string retry_schedule, webhook_timeout, secret_grace, retention, rate_limit;
   std::vector<std::string> allow_cidrs;
   bool allow_private = false;
   int threads = 1;
   size_t max_queued = 100000;
+  net::ServerOptions server_options;
   po::options_description desc("flowd serve options");
   desc.add_options()
       ("listen", po::value(&listen)->default_value("127.0.0.1:8080"), "address:port; port 0 takes a free one")
@@ -81,8 +82,11 @@ int Serve(int argc, char** argv) {
       ("durability", po::value(&durability)->default_value("sync"), "sync: a 202 only after fsync; async: no fsync")
       ("max-body", po::value(&max_body)->default_value("1MiB"), "largest request body")
       ("max-queued-runs", po::value(&max_queued)->default_value(100000), "live runs before 429 queue_full")
+      ("max-connections", po::value(&server_options.max_connections)->default_value(10000),
+       "open connections before new ones get 503")
       ("drain-timeout", po::value(&drain)->default_value("10s"), "how long SIGTERM waits for requests in flight")
       ("retention", po::value(&retention)->default_value("48h"), "how long ended runs are kept")
+      ("rate-limit", po::value(&rate_limit)->default_value("off"), "requests per second per API key, e.g. 100/s")
       ("log-level", po::value(&log_level)->default_value("info"), "debug, info, warn or error")
       ("webhook-allow-private", po::bool_switch(&allow_private), "let outbound requests reach private addresses")
       ("webhook-allow-cidr", po::value(&allow_cidrs)->composing(), "let outbound requests reach this CIDR (repeatable)")
@@ -108,7 +112,6 @@ int Serve(int argc, char** argv) {
   LogLevel level;
   if (!ParseLogLevel(log_level, level)) return Fail("--log-level must be debug, info, warn or error");
   SetLogLevel(level);
-  net::ServerOptions server_options;
   if (!ParseSize(max_body, server_options.max_body)) return Fail("--max-body: expected a size such as 1MiB");
   auto drain_ms = ParseDurationMs(drain);
   if (!drain_ms) return Fail("--drain-timeout: expected a duration such as 10s");
@@ -142,6 +145,15 @@ int Serve(int argc, char** argv) {
   auto grace = ParseDurationMs(secret_grace);
   if (!hook_timeout || *hook_timeout == 0) return Fail("--webhook-timeout: expected a duration such as 15s");
   if (!grace) return Fail("--webhook-secret-grace: expected a duration such as 24h");
+  double rate_per_second = 0;
+  if (rate_limit != "off") {
+    std::string n = rate_limit.substr(0, rate_limit.find('/'));
+    auto [end, ec] = std::from_chars(n.data(), n.data() + n.size(), rate_per_second);
+    if (ec != std::errc() || end != n.data() + n.size() || rate_per_second <= 0 ||
+        (rate_limit.find('/') != std::string::npos && rate_limit.substr(rate_limit.find('/')) != "/s")) {
+      return Fail("--rate-limit: expected requests per second, e.g. 100/s");
+    }
+  }
   auto retention_ms = ParseDurationMs(retention);
   if (!retention_ms || *retention_ms == 0) return Fail("--retention: expected a duration such as 48h");
   webhook_options.timeout = std::chrono::milliseconds(*hook_timeout);
@@ -179,7 +191,7 @@ int Serve(int argc, char** argv) {
     flow::Engine engine(ioc, *store, catalog, node_env, engine_options);
     net::Server* server_ptr = nullptr;
     api::Routes routes(keys, catalog, engine, webhooks, secrets, *store,
-                       [&] { return server_ptr && !server_ptr->draining(); });
+                       [&] { return server_ptr && !server_ptr->draining(); }, rate_per_second);
     net::Server server(ioc, routes, server_options);
     server_ptr = &server;
     routes.AddMetricsSource([&](std::string& out) { server.RenderMetrics(out); });

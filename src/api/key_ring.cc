@@ -49,6 +49,21 @@ std::shared_ptr<KeyInfo> Decode(std::string_view json) {
 
 }  // namespace
 
+int64_t KeyInfo::TakeToken(double rate, int64_t now_ms) const {
+  std::lock_guard lock(bucket_mu_);
+  if (tokens_ < 0) {
+    tokens_ = rate;
+    refilled_at_ = now_ms;
+  }
+  tokens_ = std::min(rate, tokens_ + (now_ms - refilled_at_) * rate / 1000.0);
+  refilled_at_ = now_ms;
+  if (tokens_ >= 1) {
+    tokens_ -= 1;
+    return 0;
+  }
+  return static_cast<int64_t>((1 - tokens_) * 1000.0 / rate) + 1;
+}
+
 void KeyRing::LoadSync() {
   std::unique_lock lock(mu_);
   store_.ScanSync(Cf::kKeys, "", [&](std::string_view digest, std::string_view value) {

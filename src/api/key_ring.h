@@ -12,6 +12,7 @@
 
 #include <atomic>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <shared_mutex>
 #include <string>
@@ -30,6 +31,15 @@ struct KeyInfo {
   std::string prefix;  // the first characters of the key, safe to show
   int64_t created_at = 0;
   mutable std::atomic<int64_t> last_used_at{0};  // in memory since start; 0 = not used
+
+  // Token bucket for --rate-limit: `rate` requests per second, bursts up to `rate`.
+  // Returns 0 when a request may go, else the milliseconds until one may.
+  int64_t TakeToken(double rate, int64_t now_ms) const;
+
+ private:
+  mutable std::mutex bucket_mu_;
+  mutable double tokens_ = -1;  // -1: full, not yet used
+  mutable int64_t refilled_at_ = 0;
 };
 
 class KeyRing {

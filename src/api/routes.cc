@@ -297,6 +297,13 @@ asio::awaitable<net::Reply> Routes::Dispatch(Request& req) {
   if (auth == req.end() || req.count(http::field::authorization) != 1) co_return Unauthorized();
   Call call{req, Split(path.substr(3)), query, keys_.Authenticate(BearerToken(auth->value()))};
   if (!call.caller) co_return Unauthorized();
+  if (rate_limit_ > 0) {
+    if (int64_t wait_ms = call.caller->TakeToken(rate_limit_, NowMillis())) {
+      Response res = ErrorResponse(429, "rate_limited", "This key is over its request rate; retry later.");
+      res.set(http::field::retry_after, std::to_string((wait_ms + 999) / 1000));
+      co_return res;
+    }
+  }
 
   if ((req.method() == http::verb::post || req.method() == http::verb::put) && !req.body().empty() &&
       !JsonContentType(req)) {

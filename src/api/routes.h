@@ -23,9 +23,9 @@ class Routes : public net::Handler {
  public:
   // `ready` says whether the server accepts runs (false while draining).
   Routes(KeyRing& keys, flow::Catalog& catalog, flow::Engine& engine, flow::Webhooks& webhooks,
-         flow::WebhookSecrets& secrets, store::Store& store, std::function<bool()> ready)
+         flow::WebhookSecrets& secrets, store::Store& store, std::function<bool()> ready, double rate_limit = 0)
       : keys_(keys), catalog_(catalog), engine_(engine), webhooks_(webhooks), secrets_(secrets), store_(store),
-        ready_(std::move(ready)) {}
+        ready_(std::move(ready)), rate_limit_(rate_limit) {}
 
   // What /metrics shows besides the request metrics kept here (store, engine, webhooks,
   // transport). Call before serving.
@@ -61,6 +61,7 @@ class Routes : public net::Handler {
   flow::WebhookSecrets& secrets_;
   store::Store& store_;
   std::function<bool()> ready_;
+  double rate_limit_;  // requests per second per key; 0: unlimited
   std::mutex idempotency_mu_;
   std::unordered_set<std::string> idempotency_in_flight_;  // guarded by idempotency_mu_
 };

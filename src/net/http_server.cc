@@ -15,6 +15,8 @@
 #include <boost/beast/http/parser.hpp>
 #include <boost/beast/http/serializer.hpp>
 
+#include <sstream>
+
 #include "base/log.h"
 #include "base/spawn.h"
 #include "net/http_read.h"
@@ -84,12 +86,31 @@ asio::awaitable<void> Server::AcceptLoop() {
     }
     socket.set_option(tcp::no_delay(true), ec);
     accepted_.Add();
+    if (open_.load(std::memory_order_relaxed) >= options_.max_connections) {
+      // Refuse politely without reading: a short answer, then close.
+      static const std::string kBusy = [] {
+        Response res = ErrorResponse(503, "unavailable", "Too many connections; retry later.");
+        res.set(http::field::retry_after, "1");
+        res.keep_alive(false);
+        std::ostringstream os;
+        os << res;
+        return os.str();
+      }();
+      asio::write(socket, asio::buffer(kBusy), ec);
+      socket.shutdown(tcp::socket::shutdown_both, ec);
+      continue;
+    }
     auto ex = socket.get_executor();
     SpawnLogged(ex, Session(std::move(socket)), "http session");
   }
 }
 
 asio::awaitable<void> Server::Session(tcp::socket socket) {
+  open_.fetch_add(1, std::memory_order_relaxed);
+  struct Open {
+    std::atomic<size_t>& n;
+    ~Open() { n.fetch_sub(1, std::memory_order_relaxed); }
+  } open{open_};
   beast::tcp_stream stream(std::move(socket));
   // One buffer per connection. Only framing (the head, chunk lines, trailers) ever waits in
   // it unparsed, and that is capped at the head limit: the buffer never holds more than

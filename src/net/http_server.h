@@ -38,6 +38,7 @@ struct ServerOptions {
   std::chrono::milliseconds body_grace{10'000};
   size_t body_min_rate = 8 << 10;  // bytes per second
   std::chrono::milliseconds write_timeout{10'000};
+  size_t max_connections = 10000;  // beyond this a new connection gets 503 and is closed
 };
 
 // Where a streamed body goes (Server-Sent Events). Runs on the connection's strand.
@@ -101,6 +102,7 @@ class Server {
   std::atomic<bool> draining_{false};
   std::atomic<int> busy_{0};  // connections with a request between head and response
   Counter accepted_;
+  std::atomic<size_t> open_{0};  // connections being served
   Counter refused_[4];  // 400, 413, 431, 501
 };
 

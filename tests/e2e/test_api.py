@@ -1379,6 +1379,28 @@ def metrics_exposition_is_valid_and_counts(ctx):
     expect(ctx.key_a not in text and ctx.key_a[:20] not in text, "a key appears in /metrics")
 
 
+# --------------------------------------------------------------------------- rate limit
+
+@check
+def rate_limit_per_key(ctx):
+    """--rate-limit 5/s: a burst of 5 passes, the next gets 429 rate_limited with Retry-After;
+    another key has its own bucket; tokens come back with time."""
+    with tempfile.TemporaryDirectory(prefix="flowd-e2e-rate-") as tmp:
+        k1 = create_key(ctx.bin, tmp, "a", "one")
+        k2 = create_key(ctx.bin, tmp, "a", "two")
+        with Server(ctx.bin, tmp, extra_args=("--rate-limit", "5/s")) as srv:
+            one, two = Client(srv.port, k1), Client(srv.port, k2)
+            statuses = [one.get("/v1/keys")[0] for _ in range(5)]
+            expect(statuses == [200] * 5, f"burst: {statuses}")
+            st, hdrs, body = one.get("/v1/keys")
+            expect(st == 429 and body["error"]["code"] == "rate_limited", f"over the rate: {st} {short(body)}")
+            expect(int(hdrs.get("retry-after", "0")) >= 1, f"Retry-After: {hdrs.get('retry-after')}")
+            expect(two.get("/v1/keys")[0] == 200, "the other key was limited too")
+            time.sleep(0.5)
+            expect(one.get("/v1/keys")[0] == 200, "no token came back after 0.5 s at 5/s")
+            expect(Client(srv.port, None).get("/healthz")[0] == 200, "healthz is limited")
+
+
 # --------------------------------------------------------------------------- main
 
 def main(argv):

@@ -5,26 +5,32 @@ Usage: python3 test_webhooks.py <path-to-flowd> [name-substring ...]
 What it proves, against shared/API.md (Webhooks) and shared/cases/README.md, with a local
 receiver (mock_servers.MockReceiver) standing in for the outside world:
 - the webhook node of shared/cases/flows/webhook.json posts `{"out": <topic>}` with
-  `AI_FLOW_SIGNATURE: sig-123`, Content-Type, User-Agent and the Standard Webhooks headers;
-  a non-http(s) webhook URL is refused at save;
+  `AI_FLOW_SIGNATURE: sig-123`, Content-Type, User-Agent and the Standard Webhooks headers, and
+  the API Builder view lists it; a non-http(s) webhook URL is refused at save (static), fails
+  the node (wired from an input), or is refused at start (`run_options.global_webhook`);
 - signatures verify with Python's `hmac` and with the npm package `standardwebhooks`
   (verify_standardwebhooks.mjs; `npm ci` in the repository root installs it, and a missing
   install is a failure, never a skip);
 - C18 (a) unicode round trip and the HMAC over the bytes sent, for node and global deliveries;
-  (b) an escaped NUL is kept (README: "strings keep every code point, \\u0000 included");
-- retries: 5xx retried with the same webhook-id and identical bytes and a newer
-  webhook-timestamp; Retry-After honoured when larger than the schedule; 400/404/410 end the
-  delivery at once; 3xx is never followed and ends it as failed (C26 (a)-(d)); TLS errors
-  (self-signed, wrong name) are retried, a certificate from the `--ca-file` CA is accepted
-  (C26 (e)-(g));
-- the SSRF guard refuses loopback targets in every spelling without the allow flag;
+  (b) an escaped NUL is kept (README: "strings keep every code point, \u0000 included");
+- retries: 5xx, 408/409/425/429 and connection errors are retried with the same webhook-id,
+  identical bytes and a newer webhook-timestamp, on the schedule (±20 %), until it runs out;
+  Retry-After is honoured when larger than the schedule; 400/404/410 end the delivery at once;
+  3xx is never followed and ends it as failed (C26 (a)-(d)); TLS errors (self-signed, wrong
+  name) are retried, a certificate from the `--ca-file` CA is accepted (C26 (e)-(g)); a
+  hanging receiver's attempt ends at `--webhook-timeout`;
+- the SSRF guard refuses loopback targets in every spelling without an allow flag, and
+  `--webhook-allow-private` / `--webhook-allow-cidr` let exactly what they name through;
 - a receiver that hangs never delays deliveries to another one;
-- a delivery whose retry is pending survives kill -9 and arrives after the restart with the same
-  webhook-id and body;
+- deliveries whose retry is pending, or whose first attempt is in flight, survive kill -9 and
+  arrive after the restart with the same webhook-id and body;
 - secret rotation: both signatures during the grace period, one after it;
-- the deliveries listing and the retry route;
+- the deliveries listing and the retry route (failed -> sent again; delivered or pending ->
+  409; another account -> 404);
 - the global webhook on complete, failed (C29 (a)-(d), http-get) and canceled runs, and with
-  `run_options.save: false` (outputs only in the webhook body).
+  `run_options.save: false` (outputs only in the webhook body);
+- last: SIGTERM with deliveries pending exits 0, and no log holds a sanitizer report or a
+  webhook secret.
 
 The main server runs with `--webhook-allow-cidr 127.0.0.0/8 --webhook-retry-schedule 1s,2s,4s
 --webhook-timeout 3s` and the test CA in `--ca-file`.
@@ -41,7 +47,6 @@ import os
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import uuid
 
@@ -483,6 +488,46 @@ def invalid_webhook_url_refused_at_save(ctx):
         expect(any(x.get("node") == HOOK_NODE and x.get("field") == "webhook_url"
                    and x.get("problem") == "invalid_url" for x in details),
                f"{bad!r}: details {short(details)} lack webhook_url invalid_url")
+
+
+@check
+def wired_webhook_url_checked_at_run(ctx):
+    """webhook_url fed by an edge (FLOWS.md: an edge replaces the field): an http URL is
+    delivered to, anything else fails the node."""
+    nodes = hook_nodes("")
+    nodes.append({"name": "inhook001#api-input", "processorType": "api-input", "inputs": [],
+                  "api_input_name": "hook_url"})
+    for n in nodes:
+        if n["name"] == HOOK_NODE:
+            n["inputs"].append({"inputName": "webhook_url", "inputNode": "inhook001#api-input",
+                                "inputNodeOutputKey": 0})
+    fid = save(ctx, nodes)
+    tag = rand()
+    path = f"/wired-{tag}"
+    rid = start(ctx, fid, {"topic": f"wired {tag}", "hook_url": ctx.recv.url(path)})
+    expect_complete(finish(ctx, fid, rid))
+    rec = wait_requests(ctx.recv, path, 1, 5)[0]
+    expect(rec.json() == {"out": f"wired {tag}"}, f"body {short(rec.body)}")
+    d = wait_deliveries(ctx.c, fid, rid, ended, 5, "ended")[0]
+    expect(d["url"] == ctx.recv.url(path) and d["status"] == "delivered", f"delivery {short(d)}")
+    run = run_flow(ctx, fid, {"topic": "x", "hook_url": "ftp://127.0.0.1/x"})
+    err = run.get("error") or {}
+    expect(run.get("status") == "failed" and err.get("node") == HOOK_NODE,
+           f"an ftp:// webhook_url from an input: run {short(run)}")
+
+
+@check
+def global_webhook_bad_url_refused_at_start(ctx):
+    fid = save(ctx, load_flow("echo"))
+    for gw in ({"url": "ftp://127.0.0.1/x"}, {"url": ""}, {"signature": "s"}, {"url": 5},
+               "http://127.0.0.1/"):
+        status, _, body = ctx.c.post(f"/v1/flow/{fid}/run", {"topic": "x", "run_options": {
+            "global_webhook": gw}})
+        code = (body.get("error") or {}).get("code") if isinstance(body, dict) else None
+        expect(status == 400 and code in ("invalid_body", "invalid_input"),
+               f"global_webhook {gw!r}: {status} {short(body)}")
+    status, _, body = ctx.c.get(f"/v1/flow/{fid}/runs")
+    expect(status == 200 and body.get("runs") == [], f"a refused start made a run: {short(body)}")
 
 
 # --------------------------------------------------------------------------- C18
