@@ -66,6 +66,21 @@ int Fail(const std::string& message) {
   return 2;
 }
 
+// The io_context, able to destroy its pending handlers (and the coroutine frames they
+// own) on demand, before the objects those frames refer to go away.
+class EventLoop : public asio::io_context {
+ public:
+  using asio::io_context::io_context;
+  void DestroyPendingWork() { shutdown(); }
+};
+
+// A plain function, not a capturing lambda: a coroutine keeps only a pointer to a
+// lambda's captures, which die with the expression that started it.
+asio::awaitable<void> DrainThenStop(net::Server& server, asio::io_context& ioc, std::chrono::milliseconds timeout) {
+  co_await server.Drain(timeout);
+  ioc.stop();
+}
+
 int Serve(int argc, char** argv) {
   std::string listen, data, durability, max_body, drain, log_level, ca_file;
   std::string retry_schedule, webhook_timeout, secret_grace, retention, rate_limit;
@@ -168,7 +183,7 @@ int Serve(int argc, char** argv) {
   auto store = store::Store::Open({data, durability == "sync"}, &error);
   if (!store) return Fail("cannot open the data folder " + data + ": " + error);
 
-  asio::io_context ioc(threads);
+  EventLoop ioc(threads);
   {
     flow::Catalog catalog(*store);
     api::KeyRing keys(*store);
@@ -209,10 +224,7 @@ int Serve(int argc, char** argv) {
     signals.async_wait([&](const boost::system::error_code& e, int sig) {
       if (e) return;
       Log(LogLevel::kInfo, "shutting down", {{"signal", sig == SIGTERM ? "SIGTERM" : "SIGINT"}});
-      SpawnLogged(ioc, [&]() -> asio::awaitable<void> {
-        co_await server.Drain(std::chrono::milliseconds(*drain_ms));
-        ioc.stop();
-      }(), "drain");
+      SpawnLogged(ioc, DrainThenStop(server, ioc, std::chrono::milliseconds(*drain_ms)), "drain");
     });
 
     auto ep = server.local_endpoint();
@@ -228,6 +240,9 @@ int Serve(int argc, char** argv) {
     // discards them with the rest of its work below.
     compute.join();
     store->Close();
+    // Coroutines still suspended (idle connections, running nodes, waiting deliveries)
+    // hold references to the objects of this block: destroy them while those still live.
+    ioc.DestroyPendingWork();
   }
   Log(LogLevel::kInfo, "stopped");
   return 0;
