@@ -180,9 +180,19 @@ std::shared_ptr<const Flow> Build(std::string name, std::string nodes_json, Erro
       Add(problems, label, "processorType", "unsupported_node");
       continue;
     }
+    // An API name is the flow's interface: it must be a string on the node itself.
+    for (std::string_view field : {"api_input_name", "api_output_name"}) {
+      if (n.type != (field == "api_input_name" ? "api-input" : "api-output")) continue;
+      for (const auto& e : raw[i].edges) {
+        if (e.input_name == field) Add(problems, label, std::string(field), "cannot_be_wired");
+      }
+      const Value* v = n.Field(field);
+      if (v && v->kind != Value::Kind::kString) Add(problems, label, std::string(field), "must_be_a_string");
+    }
     for (auto field : n.kind->required) {
       bool wired = false;
       for (const auto& e : raw[i].edges) wired = wired || e.input_name == field;
+      if (field == "api_input_name" || field == "api_output_name") wired = false;
       const Value* v = n.Field(field);
       bool empty = !v || v->kind == Value::Kind::kNull ||
                    (v->kind == Value::Kind::kString && v->text.empty());

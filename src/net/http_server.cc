@@ -230,6 +230,12 @@ asio::awaitable<void> Server::Session(tcp::socket socket) {
       co_return;
     }
     res.keep_alive(req.keep_alive() && !draining() && res.keep_alive());
+    if (req.method() == http::verb::head) {
+      // The head a GET would get, and no body: the next response follows at once.
+      const auto length = res.body().size();
+      res.body().clear();
+      res.content_length(length);
+    }
     if (!co_await send(res)) co_return;
     if (!res.keep_alive()) {
       boost::system::error_code ignored;

@@ -788,7 +788,7 @@ def standardwebhooks_verify(cases, timeout=30.0):
     if not os.path.isfile(pkg):
         raise AssertionError(
             f"the npm package standardwebhooks is not installed ({pkg} is missing): run "
-            f"`npm ci` in {_REPO_ROOT} (tools/test does) before the end-to-end tests")
+            f"`npm ci` in {_REPO_ROOT} before the end-to-end tests")
     payload = [{"secret": s, "headers": {k: v for k, v in h.items()},
                 "body_b64": base64.b64encode(b if isinstance(b, bytes) else b.encode()).decode()}
                for s, h, b in cases]

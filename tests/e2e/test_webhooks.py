@@ -28,7 +28,8 @@ receiver (mock_servers.MockReceiver) standing in for the outside world:
 - the deliveries listing and the retry route (failed -> sent again; delivered or pending ->
   409; another account -> 404);
 - the global webhook on complete, failed (C29 (a)-(d), http-get) and canceled runs, and with
-  `run_options.save: false` (outputs only in the webhook body);
+  `run_options.save: false` (outputs only in the webhook body; a failed one cannot be retried,
+  as the README says);
 - last: SIGTERM with deliveries pending exits 0, and no log holds a sanitizer report or a
   webhook secret.
 
@@ -1263,6 +1264,26 @@ def save_false_outputs_only_in_global_webhook(ctx):
     time.sleep(0.2)
     run = finish(ctx, fid, rid)
     expect("outputs" not in run, f"outputs appeared later: {short(run)}")
+
+
+@check
+def save_false_failed_global_cannot_be_retried(ctx):
+    """README: with save:false the delivery's body is dropped once it has ended, so a failed
+    one cannot be sent again by hand (409)."""
+    tag = rand()
+    gpath = f"/nosave-fail-{tag}/global"
+    ctx.recv.route(gpath, status=400, body="no")
+    fid = save(ctx, load_flow("echo"))
+    rid = start(ctx, fid, {"topic": tag, "run_options": {
+        "save": False, "global_webhook": {"url": ctx.recv.url(gpath)}}})
+    expect(finish(ctx, fid, rid).get("status") == "complete", "run did not complete")
+    d = wait_deliveries(ctx.c, fid, rid, ended, 5, "ended")[0]
+    expect(d["status"] == "failed" and codes(d) == [400], f"global delivery {short(d)}")
+    status, _, body = ctx.c.post(f"/v1/flow/{fid}/run/{rid}/deliveries/{d['delivery_id']}/retry")
+    expect(status == 409 and (body.get("error") or {}).get("code") == "conflict",
+           f"retry of a save:false delivery -> {status} {short(body)}")
+    time.sleep(0.3)
+    expect(len(ctx.recv.requests(on_path(gpath))) == 1, "it was sent again")
 
 
 # --------------------------------------------------------------------------- last

@@ -81,7 +81,7 @@ class LengthHandler final : public flowd::net::Handler {
     return std::nullopt;
   }
 
-  asio::awaitable<Response> Handle(Request& req) override {
+  asio::awaitable<flowd::net::Reply> Handle(Request& req) override {
     Check(req.body().size() <= kMaxBody, "the handler got a body over max_body");
     if (req.target().starts_with("/throw")) throw std::runtime_error("the fuzz handler throws on /throw");
     co_return flowd::net::JsonResponse(200, std::to_string(req.body().size()));

@@ -201,3 +201,17 @@ TEST_CASE("replace-text: catastrophic backtracking ends with an error, not a han
   REQUIRE(why);
   CHECK(why->find("too expensive") != std::string::npos);
 }
+
+TEST_CASE("flow: API names are strings set on the node, never wired") {
+  Error e;
+  CHECK_FALSE(Parse(R"([
+    {"name":"t#input-text","processorType":"input-text","inputText":"x"},
+    {"name":"a#api-input","processorType":"api-input","inputs":[{"inputName":"api_input_name","inputNode":"t#input-text"}]},
+    {"name":"o#api-output","processorType":"api-output","inputs":[{"inputName":"api_output_name","inputNode":"t#input-text"}]}])", &e));
+  CHECK(HasProblem(e, "a#api-input", "cannot_be_wired"));
+  CHECK(HasProblem(e, "o#api-output", "cannot_be_wired"));
+  CHECK_FALSE(Parse(R"([
+    {"name":"a#api-input","processorType":"api-input","api_input_name":5},
+    {"name":"b#api-input","processorType":"api-input","api_input_name":"5"}])", &e));
+  CHECK(HasProblem(e, "a#api-input", "must_be_a_string"));
+}
