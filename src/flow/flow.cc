@@ -5,6 +5,7 @@
 #include <unordered_map>
 
 #include "flow/nodes.h"
+#include "net/url.h"
 
 namespace flowd::flow {
 namespace ondemand = simdjson::ondemand;
@@ -203,14 +204,19 @@ std::shared_ptr<const Flow> Build(std::string name, std::string nodes_json, Erro
       if (!v || v->kind != Value::Kind::kString || v->text.empty()) return;  // reported above
       if (!seen.emplace(v->text, label).second) Add(problems, label, std::string(field), "duplicate_name");
     };
-    if (n.type == "webhook") {
-      const Value* url = n.Field("webhook_url");
+    // A URL set in the flow itself must be one the client can call; a wired one is
+    // judged when its value arrives.
+    if (const char* url_field = n.type == "webhook"               ? "webhook_url"
+                                : n.type == "http-get-processor" ? "url"
+                                                                  : nullptr) {
+      const Value* url = n.Field(url_field);
       bool wired = false;
-      for (const auto& e : raw[i].edges) wired = wired || e.input_name == "webhook_url";
+      for (const auto& e : raw[i].edges) {
+        wired = wired || e.input_name == url_field || (e.input_name.empty() && n.kind->primary == url_field);
+      }
       if (!wired && url && !url->text.empty() &&
-          (url->kind != Value::Kind::kString ||
-           !(url->text.starts_with("http://") || url->text.starts_with("https://")) || url->text.size() < 10)) {
-        Add(problems, label, "webhook_url", "invalid_url");
+          (url->kind != Value::Kind::kString || !net::ParseHttpUrl(url->text))) {
+        Add(problems, label, url_field, "invalid_url");
       }
     }
     if (n.type == "api-input") unique_name("api_input_name", input_names);

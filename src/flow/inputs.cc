@@ -4,6 +4,8 @@
 
 #include <algorithm>
 
+#include "net/url.h"
+
 namespace flowd::flow {
 namespace ondemand = simdjson::ondemand;
 
@@ -13,9 +15,7 @@ Error Invalid(std::string code, std::string message, std::string field = "") {
   return Error{std::move(code), std::move(message), std::move(field), {}};
 }
 
-bool IsHttpUrl(std::string_view s) {
-  return (s.starts_with("http://") && s.size() > 7) || (s.starts_with("https://") && s.size() > 8);
-}
+bool IsHttpUrl(std::string_view s) { return net::ParseHttpUrl(s).has_value(); }
 
 std::optional<Error> DecodeOptions(ondemand::value v, RunRecord& rec) {
   ondemand::object obj;
@@ -50,7 +50,7 @@ std::optional<Error> DecodeOptions(ondemand::value v, RunRecord& rec) {
         }
         (hk == "url" ? rec.global_webhook_url : rec.global_webhook_signature) = std::string(hv);
       }
-      if (!IsHttpUrl(rec.global_webhook_url) || rec.global_webhook_url.size() > 2048) {
+      if (!IsHttpUrl(rec.global_webhook_url)) {
         return Invalid("invalid_body", "run_options.global_webhook.url must be an http(s) URL.",
                        "run_options.global_webhook.url");
       }

@@ -12,6 +12,7 @@
 
 #include "base/clock.h"
 #include "flow/webhooks.h"
+#include "net/url.h"
 #include <charconv>
 #include <cstdlib>
 
@@ -259,7 +260,7 @@ asio::awaitable<NodeResult> RunWebhook(const Node& node, const NodeInputs& in, c
   JsonWriter(d.body).BeginObject().Key(in.Text("webhook_output_field_name")).Val(value).EndObject();
   d.forget_body = !run.save;
   d.created_at = d.next_at = NowMillis();
-  if (!d.url.starts_with("http://") && !d.url.starts_with("https://")) {
+  if (!net::ParseHttpUrl(d.url)) {
     co_return Failed("webhook_url must be an http(s) URL");
   }
   if (!co_await env.webhooks.Enqueue(std::move(d))) co_return Failed("the delivery could not be stored");

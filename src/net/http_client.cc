@@ -13,12 +13,12 @@
 #include <boost/beast/http/string_body.hpp>
 #include <boost/beast/http/write.hpp>
 #include <boost/beast/ssl/ssl_stream.hpp>
-#include <boost/url/parse.hpp>
 
 #include <optional>
 #include <stdexcept>
 
 #include "net/http_read.h"
+#include "net/url.h"
 
 namespace flowd::net {
 namespace asio = boost::asio;
@@ -33,15 +33,6 @@ using Clock = std::chrono::steady_clock;
 namespace {
 constexpr size_t kMaxResponseHead = 64 << 10;
 }  // namespace
-
-struct HttpClient::Target {
-  bool tls = false;
-  std::string host;         // for the resolver and certificate checks (no brackets)
-  std::string port;
-  std::string host_header;  // as the URL spelled it
-  std::string target;       // path and query
-  std::string key;          // pool key
-};
 
 struct HttpClient::Connection {
   std::optional<beast::tcp_stream> plain;
@@ -90,7 +81,7 @@ void HttpClient::PutIdle(const std::string& key, std::unique_ptr<Connection> c) 
   if (list.size() < options_.max_idle_per_host) list.push_back(std::move(c));
 }
 
-asio::awaitable<std::unique_ptr<HttpClient::Connection>> HttpClient::Connect(const Target& t, bool guarded,
+asio::awaitable<std::unique_ptr<HttpClient::Connection>> HttpClient::Connect(const HttpUrl& t, bool guarded,
                                                                              Clock::time_point deadline,
                                                                              std::string& error) {
   using namespace asio::experimental::awaitable_operators;
@@ -157,21 +148,12 @@ asio::awaitable<Inbound> HttpClient::Fetch(Outbound request) {
   Inbound out;
   const auto deadline = Clock::now() + request.timeout;
 
-  Target t;
-  auto parsed = boost::urls::parse_uri(request.url);
-  if (!parsed || (parsed->scheme() != "http" && parsed->scheme() != "https") || parsed->encoded_host().empty() ||
-      parsed->has_userinfo()) {
+  auto parsed = ParseHttpUrl(request.url);
+  if (!parsed) {
     out.error = "invalid url: expected http(s)://host[:port]/path";
     co_return out;
   }
-  t.tls = parsed->scheme() == "https";
-  t.host = parsed->host_type() == boost::urls::host_type::ipv6 ? std::string(parsed->host_address())
-                                                                : std::string(parsed->encoded_host());
-  t.port = parsed->has_port() ? std::string(parsed->port()) : (t.tls ? "443" : "80");
-  t.host_header = std::string(parsed->encoded_host_and_port());
-  t.target = parsed->encoded_path().empty() ? "/" : std::string(parsed->encoded_path());
-  if (parsed->has_query()) t.target += "?" + std::string(parsed->encoded_query());
-  t.key = std::string(parsed->scheme()) + "://" + t.host + ":" + t.port;
+  const HttpUrl& t = *parsed;
 
   http::request<http::string_body> req{request.method, t.target, 11};
   req.set(http::field::host, t.host_header);
@@ -182,7 +164,7 @@ asio::awaitable<Inbound> HttpClient::Fetch(Outbound request) {
   req.keep_alive(true);
 
   for (int attempt = 0; attempt < 2; ++attempt) {
-    std::unique_ptr<Connection> c = TakeIdle(t.key);
+    std::unique_ptr<Connection> c = TakeIdle(t.pool_key);
     if (!c) {
       c = co_await Connect(t, request.guarded, deadline, out.error);
       if (!c) co_return out;
@@ -222,7 +204,7 @@ asio::awaitable<Inbound> HttpClient::Fetch(Outbound request) {
     bool keep = res.keep_alive() && parser.is_done();
     out.body = std::move(res.body());
     for (const auto& f : res) out.headers.insert(f.name_string(), f.value());
-    if (keep) PutIdle(t.key, std::move(c));
+    if (keep) PutIdle(t.pool_key, std::move(c));
     co_return out;
   }
   co_return out;

@@ -26,6 +26,7 @@
 #include <vector>
 
 #include "net/address_policy.h"
+#include "net/url.h"
 
 namespace flowd::net {
 
@@ -69,10 +70,9 @@ class HttpClient {
 
  private:
   struct Connection;
-  struct Target;
   std::unique_ptr<Connection> TakeIdle(const std::string& key);
   void PutIdle(const std::string& key, std::unique_ptr<Connection> c);
-  boost::asio::awaitable<std::unique_ptr<Connection>> Connect(const Target& t, bool guarded,
+  boost::asio::awaitable<std::unique_ptr<Connection>> Connect(const HttpUrl& t, bool guarded,
                                                                std::chrono::steady_clock::time_point deadline,
                                                                std::string& error);
 
