@@ -169,9 +169,11 @@ class _ThreadingServer(http.server.ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
 
-    def __init__(self, addr, owner, family):
+    def __init__(self, addr, owner, family, backlog=None):
         self.address_family = family
         self.owner = owner
+        if backlog:
+            self.request_queue_size = backlog  # listen() backlog; socketserver's default is 5
         super().__init__(addr, _Handler)
 
     def finish_request(self, request, client_address):
@@ -194,8 +196,10 @@ class _ThreadingServer(http.server.ThreadingHTTPServer):
 class MockServer:
     """Base: a threaded HTTP/1.1 server that records requests and answers scripted replies."""
 
-    def __init__(self, host=LOCAL_V4, tls=None):
-        """`tls`: None for plain HTTP, or (certfile, keyfile) to serve HTTPS."""
+    def __init__(self, host=LOCAL_V4, tls=None, backlog=None):
+        """`tls`: None for plain HTTP, or (certfile, keyfile) to serve HTTPS. `backlog`: the
+        listen() queue (socketserver's default of 5 makes a burst of connections wait for
+        SYN retransmits, seconds apart)."""
         self._lock = threading.Condition()
         self._requests = []
         self._scripts = []      # [(match, Reply or callable)]
@@ -208,7 +212,7 @@ class MockServer:
             ctx.load_cert_chain(tls[0], tls[1])
             self._tls = ctx
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        self._server = _ThreadingServer((host, 0), self, family)
+        self._server = _ThreadingServer((host, 0), self, family, backlog)
         self.host = host
         self.port = self._server.server_address[1]
         self._thread = threading.Thread(target=self._server.serve_forever,
@@ -324,9 +328,9 @@ class MockHTTP(MockServer):
     """A plain target: `route(path, Reply)` sets a lasting answer for an exact path (query
     included if given, else any query); scripted replies still come first."""
 
-    def __init__(self, host=LOCAL_V4, tls=None):
+    def __init__(self, host=LOCAL_V4, tls=None, backlog=None):
         self._routes = {}
-        super().__init__(host, tls)
+        super().__init__(host, tls, backlog)
 
     def route(self, path, reply=None, **kw):
         """`route("/x", status=..., body=..., headers=..., json_body=..., delay=...)`."""

@@ -105,7 +105,7 @@ class Receiver:
         self.lock = threading.Lock()
         self.seen_ids = set()
         self.answered = {}   # id(Recorded) -> status
-        self.mock = MockReceiver()
+        self.mock = MockReceiver(backlog=1024)  # a burst of resumed deliveries connects at once
         self.mock.route("/hook", self._reply)
 
     def _reply(self, rec):
