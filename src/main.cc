@@ -10,6 +10,7 @@
 #include <charconv>
 #include <cstdio>
 #include <iostream>
+#include <optional>
 #include <thread>
 
 #include "api/key_ring.h"
@@ -61,6 +62,20 @@ std::function<std::string(std::string)> EnvMapper(const po::options_description&
   };
 }
 
+// "127.0.0.1:8080", "[::1]:0" -> an endpoint.
+std::optional<asio::ip::tcp::endpoint> ParseEndpoint(const std::string& s) {
+  auto colon = s.rfind(':');
+  if (colon == std::string::npos) return std::nullopt;
+  std::string host = s.substr(0, colon);
+  if (host.size() >= 2 && host.front() == '[' && host.back() == ']') host = host.substr(1, host.size() - 2);
+  boost::system::error_code ec;
+  auto address = asio::ip::make_address(host, ec);
+  unsigned port = 0;
+  auto [end, pec] = std::from_chars(s.data() + colon + 1, s.data() + s.size(), port);
+  if (ec || pec != std::errc() || end != s.data() + s.size() || port > 65535) return std::nullopt;
+  return asio::ip::tcp::endpoint(address, static_cast<unsigned short>(port));
+}
+
 int Fail(const std::string& message) {
   std::cerr << "flowd: " << message << "\n";
   return 2;
@@ -76,13 +91,15 @@ class EventLoop : public asio::io_context {
 
 // A plain function, not a capturing lambda: a coroutine keeps only a pointer to a
 // lambda's captures, which die with the expression that started it.
-asio::awaitable<void> DrainThenStop(net::Server& server, asio::io_context& ioc, std::chrono::milliseconds timeout) {
+asio::awaitable<void> DrainThenStop(net::Server& server, net::Server* admin, asio::io_context& ioc,
+                                    std::chrono::milliseconds timeout) {
   co_await server.Drain(timeout);
+  if (admin) co_await admin->Drain(std::chrono::milliseconds(0));
   ioc.stop();
 }
 
 int Serve(int argc, char** argv) {
-  std::string listen, data, durability, max_body, drain, log_level, ca_file;
+  std::string listen, admin_listen, data, durability, max_body, drain, log_level, ca_file;
   std::string retry_schedule, webhook_timeout, secret_grace, retention, rate_limit;
   std::vector<std::string> allow_cidrs;
   bool allow_private = false;
@@ -92,6 +109,7 @@ int Serve(int argc, char** argv) {
   po::options_description desc("flowd serve options");
   desc.add_options()
       ("listen", po::value(&listen)->default_value("127.0.0.1:8080"), "address:port; port 0 takes a free one")
+      ("admin-listen", po::value(&admin_listen), "address:port serving /healthz, /readyz and /metrics instead")
       ("data", po::value(&data)->default_value("./data"), "data folder (RocksDB)")
       ("threads", po::value(&threads)->default_value(1), "threads running the event loop")
       ("durability", po::value(&durability)->default_value("sync"), "sync: a 202 only after fsync; async: no fsync")
@@ -132,13 +150,11 @@ int Serve(int argc, char** argv) {
   if (!drain_ms) return Fail("--drain-timeout: expected a duration such as 10s");
   if (durability != "sync" && durability != "async") return Fail("--durability must be sync or async");
   if (threads < 1 || threads > 64) return Fail("--threads must be between 1 and 64");
-  auto colon = listen.rfind(':');
-  boost::system::error_code ec;
-  auto address = asio::ip::make_address(listen.substr(0, colon), ec);
-  unsigned port = 0;
-  if (colon == std::string::npos || ec ||
-      std::from_chars(listen.data() + colon + 1, listen.data() + listen.size(), port).ec != std::errc() || port > 65535) {
-    return Fail("--listen: expected address:port, e.g. 127.0.0.1:8080");
+  auto at = ParseEndpoint(listen);
+  if (!at) return Fail("--listen: expected address:port, e.g. 127.0.0.1:8080");
+  std::optional<asio::ip::tcp::endpoint> admin_at;
+  if (!admin_listen.empty() && !(admin_at = ParseEndpoint(admin_listen))) {
+    return Fail("--admin-listen: expected address:port, e.g. 127.0.0.1:9090");
   }
 
   std::vector<net::Cidr> cidrs;
@@ -213,24 +229,35 @@ int Serve(int argc, char** argv) {
     routes.AddMetricsSource([&](std::string& out) { engine.RenderMetrics(out); });
     routes.AddMetricsSource([&](std::string& out) { webhooks.RenderMetrics(out); });
     routes.AddMetricsSource([&](std::string& out) { store->RenderMetrics(out); });
-    if (!server.Listen({address, static_cast<unsigned short>(port)}, &error)) return Fail("cannot listen on " + listen + ": " + error);
+    if (!server.Listen(*at, &error)) return Fail("cannot listen on " + listen + ": " + error);
+    std::optional<net::Server> admin;
+    if (admin_at) {
+      admin.emplace(ioc, routes.Admin(), server_options);
+      if (!admin->Listen(*admin_at, &error)) return Fail("cannot listen on " + admin_listen + ": " + error);
+    }
 
     size_t resumed = engine.Resume();
     size_t resumed_deliveries = webhooks.ResumeSync();
     engine.StartSweeper();
     server.Start();
+    if (admin) admin->Start();
 
     asio::signal_set signals(ioc, SIGINT, SIGTERM);
     signals.async_wait([&](const boost::system::error_code& e, int sig) {
       if (e) return;
       Log(LogLevel::kInfo, "shutting down", {{"signal", sig == SIGTERM ? "SIGTERM" : "SIGINT"}});
-      SpawnLogged(ioc, DrainThenStop(server, ioc, std::chrono::milliseconds(*drain_ms)), "drain");
+      SpawnLogged(ioc, DrainThenStop(server, admin ? &*admin : nullptr, ioc, std::chrono::milliseconds(*drain_ms)),
+                  "drain");
     });
 
     auto ep = server.local_endpoint();
     Log(LogLevel::kInfo, "listening on " + ep.address().to_string() + ":" + std::to_string(ep.port()),
         {{"data", data}, {"durability", durability}, {"resumed_runs", std::to_string(resumed)},
          {"resumed_deliveries", std::to_string(resumed_deliveries)}});
+    if (admin) {  // after the line above: tools read the API port from the first "listening on"
+      auto aep = admin->local_endpoint();
+      Log(LogLevel::kInfo, "admin listening on " + aep.address().to_string() + ":" + std::to_string(aep.port()));
+    }
 
     std::vector<std::thread> pool;
     for (int i = 1; i < threads; ++i) pool.emplace_back([&] { ioc.run(); });

@@ -236,10 +236,34 @@ size_t StatusIndex(unsigned status) {
 
 }  // namespace
 
-asio::awaitable<net::Reply> Routes::Handle(Request& req) {
+class Routes::AdminHandler : public net::Handler {
+ public:
+  explicit AdminHandler(Routes& routes) : routes_(routes) {}
+  std::optional<net::Response> Precheck(const Request&) override { return std::nullopt; }
+  asio::awaitable<net::Reply> Handle(Request& req) override { return routes_.Answer(req, true); }
+
+ private:
+  Routes& routes_;
+};
+
+// Out of line: AdminHandler is complete only here.
+Routes::Routes(KeyRing& keys, flow::Catalog& catalog, flow::Engine& engine, flow::Webhooks& webhooks,
+               flow::WebhookSecrets& secrets, store::Store& store, std::function<bool()> ready, double rate_limit)
+    : keys_(keys), catalog_(catalog), engine_(engine), webhooks_(webhooks), secrets_(secrets), store_(store),
+      ready_(std::move(ready)), rate_limit_(rate_limit) {}
+Routes::~Routes() = default;
+
+net::Handler& Routes::Admin() {
+  if (!admin_) admin_ = std::make_unique<AdminHandler>(*this);
+  return *admin_;
+}
+
+asio::awaitable<net::Reply> Routes::Handle(Request& req) { return Answer(req, false); }
+
+asio::awaitable<net::Reply> Routes::Answer(Request& req, bool admin) {
   const auto started = std::chrono::steady_clock::now();
   const size_t route = RouteIndex(req.target().substr(0, req.target().find('?')));
-  net::Reply reply = co_await Dispatch(req);
+  net::Reply reply = co_await Dispatch(req, admin);
   RouteMetrics& m = route_metrics_[route];
   m.by_status[StatusIndex(reply.response.result_int())].Add();
   m.seconds.Observe(std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count());
@@ -267,12 +291,15 @@ std::string Routes::RenderMetrics() const {
   return out;
 }
 
-asio::awaitable<net::Reply> Routes::Dispatch(Request& req) {
+asio::awaitable<net::Reply> Routes::Dispatch(Request& req, bool admin) {
   std::string_view target = req.target();
   size_t q = target.find('?');
   std::string_view path = target.substr(0, q);
   std::string_view query = q == std::string_view::npos ? "" : target.substr(q + 1);
 
+  // With an admin listener the operations routes live only there, and the API only here.
+  const bool ops = path == "/healthz" || path == "/readyz" || path == "/metrics";
+  if (admin != ops && (admin || admin_)) co_return NotFound();
   if (path == "/healthz" || path == "/readyz") {
     if (req.method() != http::verb::get && req.method() != http::verb::head) co_return MethodNotAllowed("GET, HEAD");
     if (path == "/readyz" && !(store_.healthy() && ready_())) {

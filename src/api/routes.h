@@ -6,6 +6,7 @@
 #pragma once
 
 #include <functional>
+#include <memory>
 #include <mutex>
 #include <unordered_set>
 
@@ -23,9 +24,8 @@ class Routes : public net::Handler {
  public:
   // `ready` says whether the server accepts runs (false while draining).
   Routes(KeyRing& keys, flow::Catalog& catalog, flow::Engine& engine, flow::Webhooks& webhooks,
-         flow::WebhookSecrets& secrets, store::Store& store, std::function<bool()> ready, double rate_limit = 0)
-      : keys_(keys), catalog_(catalog), engine_(engine), webhooks_(webhooks), secrets_(secrets), store_(store),
-        ready_(std::move(ready)), rate_limit_(rate_limit) {}
+         flow::WebhookSecrets& secrets, store::Store& store, std::function<bool()> ready, double rate_limit = 0);
+  ~Routes() override;
 
   // What /metrics shows besides the request metrics kept here (store, engine, webhooks,
   // transport). Call before serving.
@@ -34,15 +34,22 @@ class Routes : public net::Handler {
   std::optional<net::Response> Precheck(const net::Request& head) override;
   boost::asio::awaitable<net::Reply> Handle(net::Request& req) override;
 
+  // For --admin-listen: the handler of a second net::Server that answers /healthz,
+  // /readyz and /metrics (404 for the rest). Once asked for, this handler answers those
+  // three with 404. Call before serving; the handler lives as long as this object.
+  net::Handler& Admin();
+
  private:
+  class AdminHandler;
   struct Call;
+  boost::asio::awaitable<net::Reply> Answer(net::Request& req, bool admin);
   boost::asio::awaitable<net::Response> Keys(Call& c);
   boost::asio::awaitable<net::Response> Flows(Call& c);
   boost::asio::awaitable<net::Reply> Runs(Call& c);
   boost::asio::awaitable<net::Reply> OneRun(Call& c, const std::string& flow_id);
   boost::asio::awaitable<net::Response> Deliveries(Call& c, const std::string& flow_id);
   boost::asio::awaitable<net::Response> WebhookSecret(Call& c);
-  boost::asio::awaitable<net::Reply> Dispatch(net::Request& req);
+  boost::asio::awaitable<net::Reply> Dispatch(net::Request& req, bool admin);
   std::string RenderMetrics() const;
 
   static constexpr size_t kRoutes = 16;
@@ -53,6 +60,7 @@ class Routes : public net::Handler {
   };
   RouteMetrics route_metrics_[kRoutes];
   std::vector<std::function<void(std::string&)>> metric_sources_;
+  std::unique_ptr<AdminHandler> admin_;  // set by Admin(): the operations routes live there
 
   KeyRing& keys_;
   flow::Catalog& catalog_;

@@ -35,6 +35,7 @@ loopback only; every wait is bounded.
 import http.client
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -773,6 +774,37 @@ def async_kill9_loses_nothing(ctx):
         inst.server.close()
         inst.start()
         expect_runs_complete(inst.client(), fid, runs, timeout=20)
+
+
+@check
+def admin_listen_serves_operations_routes_alone(ctx):
+    """--admin-listen: /healthz, /readyz and /metrics answer there and 404 on the API port;
+    the admin port answers nothing else, and the API keeps working."""
+    with ctx.instance("admin", ("--admin-listen", "127.0.0.1:0")) as inst:
+        m = None
+        for _ in range(100):  # the line follows the API's "listening on" line
+            m = re.search(r"admin listening on 127\.0\.0\.1:(\d+)", inst.server.stderr_text())
+            if m:
+                break
+            time.sleep(0.02)
+        expect(m, f"no 'admin listening on' line: {short(inst.server.stderr_tail())}")
+        admin = Client(int(m.group(1)), timeout=5)
+        api = inst.client()
+        for path in ("/healthz", "/readyz", "/metrics"):
+            status, _, _ = admin.get(path)
+            expect(status == 200, f"admin GET {path} -> {status}")
+            status, _, body = Client(inst.port, timeout=5).get(path)
+            expect(status == 404, f"API port GET {path} -> {status}, want 404")
+            expect(isinstance(body, dict) and body.get("error", {}).get("code") == "not_found",
+                   f"API port GET {path} body {short(body)}")
+        status, _, _ = Client(int(m.group(1)), inst.key, timeout=5).get("/v1/keys")
+        expect(status == 404, f"admin GET /v1/keys -> {status}, want 404")
+        fid = save(api, load_flow("echo"))
+        rid = start(api, fid, {"topic": "admin"})
+        done = poll_run(api, fid, rid, timeout=10, interval=0.05)
+        expect_complete(done, "text", echo_text("admin"))
+        _, _, metrics = admin.get("/metrics")
+        expect('route="run_start",status="202"' in str(metrics), "the run is not counted on the admin /metrics")
 
 
 # --------------------------------------------------------------------------- C22 disk full
