@@ -35,7 +35,8 @@ constexpr const char* kUsage =
     "usage: flowd serve [options]            serve the API\n"
     "       flowd keys create --data DIR [--account NAME] [--name NAME]\n"
     "                                        create an API key while the server is stopped\n"
-    "       flowd --help | --version\n";
+    "       flowd --help | --version\n"
+    "`flowd serve --help` and `flowd keys create --help` list their options.\n";
 
 // "1MiB", "64KiB", "512k", "1048576" -> bytes.
 bool ParseSize(const std::string& s, size_t& out) {
@@ -281,10 +282,17 @@ int KeysCreate(int argc, char** argv) {
   desc.add_options()
       ("data", po::value(&data)->required(), "data folder")
       ("account", po::value(&account)->default_value("default"), "account the key belongs to")
-      ("name", po::value(&name)->default_value(""), "a label for the key");
+      ("name", po::value(&name)->default_value(""), "a label for the key")
+      ("help", "this text");
   po::variables_map vm;
   try {
     po::store(po::command_line_parser(argc, argv).options(desc).run(), vm);
+    if (vm.count("help")) {
+      std::cout << "usage: flowd keys create --data DIR [--account NAME] [--name NAME]\n"
+                   "Creates an API key while the server is stopped; the key alone is the last line on stdout.\n\n"
+                << desc;
+      return 0;
+    }
     po::notify(vm);
   } catch (const std::exception& e) {
     return Fail(std::string(e.what()) + "\n" + kUsage);
@@ -314,6 +322,6 @@ int main(int argc, char** argv) {
   }
   if (cmd == "serve") return Serve(argc - 1, argv + 1);
   if (cmd == "keys" && argc > 2 && std::string(argv[2]) == "create") return KeysCreate(argc - 2, argv + 2);
-  std::cerr << kUsage;
+  std::cerr << (cmd.empty() ? "flowd: no command given\n" : "flowd: unknown command '" + cmd + "'\n") << kUsage;
   return 2;
 }

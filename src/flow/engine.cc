@@ -171,6 +171,12 @@ asio::awaitable<void> Engine::Execute(std::shared_ptr<const Flow> flow, RunRecor
       for (auto& [i, r] : batch) {
         const Node& node = flow->nodes[i];
         if (r.error) {
+          // A node stopped by the run (cancel, or another node's failure) reports that,
+          // not what the interruption looked like from inside it ("Operation canceled").
+          if (canceled || failure) {
+            r.error = Error{"node_canceled",
+                            canceled ? "Stopped: the run was canceled." : "Stopped: another node failed first.", "", {}};
+          }
           control->Publish(EventJson("node_failed", node.name, &*r.error), false);
           if (!failure && !canceled) {
             failure = r.error;

@@ -1035,6 +1035,9 @@ def cancel_running_run(ctx):
     last = sse["events"][-1] if sse["events"] else {}
     expect(last.get("event") == "run_finished" and last["data"].get("status") == "canceled",
            f"last event of the canceled run: {last!r}")
+    stopped = [e["data"] for e in sse["events"] if e["event"] == "node_failed"]
+    expect(stopped and all(d.get("error", {}).get("code") == "node_canceled" for d in stopped),
+           f"the stopped model node's event should say it was canceled: {stopped!r}")
     listed = ctx.c.get(f"/v1/flow/{fid}/runs?status=canceled")[2]
     expect([r.get("run_id") for r in listed.get("runs", [])] == [rid],
            f"status=canceled listing {short(listed)}")
