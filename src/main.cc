@@ -3,6 +3,7 @@
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/signal_set.hpp>
+#include <boost/asio/ssl/context.hpp>
 #include <boost/asio/thread_pool.hpp>
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/program_options.hpp>
@@ -100,7 +101,7 @@ asio::awaitable<void> DrainThenStop(net::Server& server, net::Server* admin, asi
 }
 
 int Serve(int argc, char** argv) {
-  std::string listen, admin_listen, data, durability, max_body, drain, log_level, ca_file;
+  std::string listen, admin_listen, tls_cert, tls_key, data, durability, max_body, drain, log_level, ca_file;
   std::string retry_schedule, webhook_timeout, secret_grace, retention, rate_limit;
   std::vector<std::string> allow_cidrs;
   bool allow_private = false;
@@ -111,6 +112,8 @@ int Serve(int argc, char** argv) {
   desc.add_options()
       ("listen", po::value(&listen)->default_value("127.0.0.1:8080"), "address:port; port 0 takes a free one")
       ("admin-listen", po::value(&admin_listen), "address:port serving /healthz, /readyz and /metrics instead")
+      ("tls-cert", po::value(&tls_cert), "certificate chain (PEM): serve HTTPS on --listen, with --tls-key")
+      ("tls-key", po::value(&tls_key), "private key (PEM) of --tls-cert")
       ("data", po::value(&data)->default_value("./data"), "data folder (RocksDB)")
       ("threads", po::value(&threads)->default_value(1), "threads running the event loop")
       ("durability", po::value(&durability)->default_value("sync"), "sync: a 202 only after fsync; async: no fsync")
@@ -196,6 +199,22 @@ int Serve(int argc, char** argv) {
   client_options.ca_file = ca_file;
   client_options.user_agent = std::string("flowd/") + FLOWD_VERSION;
 
+  // HTTPS on the API listener; the admin listener stays plain (it faces the operator).
+  std::optional<asio::ssl::context> tls;
+  if (tls_cert.empty() != tls_key.empty()) return Fail("--tls-cert and --tls-key go together");
+  if (!tls_cert.empty()) {
+    tls.emplace(asio::ssl::context::tls_server);
+    boost::system::error_code tec;
+    tls->set_options(asio::ssl::context::default_workarounds | asio::ssl::context::no_sslv2 |
+                         asio::ssl::context::no_sslv3 | asio::ssl::context::no_tlsv1 | asio::ssl::context::no_tlsv1_1,
+                     tec);
+    if (!tec) tls->use_certificate_chain_file(tls_cert, tec);
+    if (tec) return Fail("--tls-cert " + tls_cert + ": " + tec.message());
+    tls->use_private_key_file(tls_key, asio::ssl::context::pem, tec);
+    if (tec) return Fail("--tls-key " + tls_key + ": " + tec.message());
+    server_options.tls = &*tls;
+  }
+
   std::string error;
   auto store = store::Store::Open({data, durability == "sync"}, &error);
   if (!store) return Fail("cannot open the data folder " + data + ": " + error);
@@ -233,7 +252,9 @@ int Serve(int argc, char** argv) {
     if (!server.Listen(*at, &error)) return Fail("cannot listen on " + listen + ": " + error);
     std::optional<net::Server> admin;
     if (admin_at) {
-      admin.emplace(ioc, routes.Admin(), server_options);
+      net::ServerOptions admin_options = server_options;
+      admin_options.tls = nullptr;
+      admin.emplace(ioc, routes.Admin(), admin_options);
       if (!admin->Listen(*admin_at, &error)) return Fail("cannot listen on " + admin_listen + ": " + error);
     }
 
@@ -253,7 +274,7 @@ int Serve(int argc, char** argv) {
 
     auto ep = server.local_endpoint();
     Log(LogLevel::kInfo, "listening on " + ep.address().to_string() + ":" + std::to_string(ep.port()),
-        {{"data", data}, {"durability", durability}, {"resumed_runs", std::to_string(resumed)},
+        {{"scheme", tls ? "https" : "http"}, {"data", data}, {"durability", durability}, {"resumed_runs", std::to_string(resumed)},
          {"resumed_deliveries", std::to_string(resumed_deliveries)}});
     if (admin) {  // after the line above: tools read the API port from the first "listening on"
       auto aep = admin->local_endpoint();

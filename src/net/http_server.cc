@@ -10,6 +10,7 @@
 #include <boost/beast/core/flat_buffer.hpp>
 #include <boost/beast/core/tcp_stream.hpp>
 #include <boost/beast/http/read.hpp>
+#include <boost/beast/ssl/ssl_stream.hpp>
 #include <boost/beast/http/write.hpp>
 #include <boost/beast/http/empty_body.hpp>
 #include <boost/beast/http/parser.hpp>
@@ -111,13 +112,46 @@ asio::awaitable<void> Server::Session(tcp::socket socket) {
     std::atomic<size_t>& n;
     ~Open() { n.fetch_sub(1, std::memory_order_relaxed); }
   } open{open_};
-  beast::tcp_stream stream(std::move(socket));
+  if (!options_.tls) {
+    beast::tcp_stream stream(std::move(socket));
+    co_await Serve(stream);
+    co_return;
+  }
+  beast::ssl_stream<beast::tcp_stream> stream(std::move(socket), *options_.tls);
+  beast::get_lowest_layer(stream).expires_after(options_.header_timeout);
+  auto [ec] = co_await stream.async_handshake(asio::ssl::stream_base::server, as_tuple(use_awaitable));
+  if (ec) co_return;  // not TLS, a bad client hello, or too slow: nothing to answer in
+  co_await Serve(stream);
+}
+
+namespace {
+
+// Ends what the server sends on a connection: TLS close_notify first when there is TLS.
+asio::awaitable<void> CloseWrite(beast::tcp_stream& stream) {
+  boost::system::error_code ignored;
+  stream.socket().shutdown(tcp::socket::shutdown_send, ignored);
+  co_return;
+}
+
+asio::awaitable<void> CloseWrite(beast::ssl_stream<beast::tcp_stream>& stream) {
+  // A client that never answers our close_notify must not hold the coroutine.
+  beast::get_lowest_layer(stream).expires_after(std::chrono::seconds(1));
+  co_await stream.async_shutdown(as_tuple(use_awaitable));
+  boost::system::error_code ignored;
+  beast::get_lowest_layer(stream).socket().shutdown(tcp::socket::shutdown_send, ignored);
+}
+
+}  // namespace
+
+template <class Stream>
+asio::awaitable<void> Server::Serve(Stream& stream) {
+  auto& tcp_layer = beast::get_lowest_layer(stream);
   // One buffer per connection. Only framing (the head, chunk lines, trailers) ever waits in
   // it unparsed, and that is capped at the head limit: the buffer never holds more than
   // that plus one read.
   beast::flat_buffer buffer(options_.max_header + kReadSize);
   auto send = [&](Response& res) -> asio::awaitable<bool> {
-    stream.expires_after(options_.write_timeout);
+    tcp_layer.expires_after(options_.write_timeout);
     auto [ec, n] = co_await http::async_write(stream, res, as_tuple(use_awaitable));
     co_return !ec;
   };
@@ -130,9 +164,7 @@ asio::awaitable<void> Server::Session(tcp::socket socket) {
       default: break;
     }
     res.keep_alive(false);
-    co_await send(res);
-    boost::system::error_code ignored;
-    stream.socket().shutdown(tcp::socket::shutdown_send, ignored);
+    if (co_await send(res)) co_await CloseWrite(stream);
   };
   // Chunk extensions are framing, not data: a flood of them is refused like a huge head.
   auto on_chunk = [](std::uint64_t, std::string_view extensions, boost::system::error_code& ec) {
@@ -143,7 +175,7 @@ asio::awaitable<void> Server::Session(tcp::socket socket) {
     if (draining()) co_return;
     // Idle: a kept-alive connection waits for the first byte of its next request.
     if (buffer.size() == 0) {
-      stream.expires_after(options_.idle_timeout);
+      tcp_layer.expires_after(options_.idle_timeout);
       auto [ec, n] = co_await stream.async_read_some(buffer.prepare(kReadSize), as_tuple(use_awaitable));
       if (ec) co_return;
       buffer.commit(n);
@@ -180,7 +212,7 @@ asio::awaitable<void> Server::Session(tcp::socket socket) {
         co_return;
       }
       static constexpr std::string_view kContinue = "HTTP/1.1 100 Continue\r\n\r\n";
-      stream.expires_after(options_.write_timeout);
+      tcp_layer.expires_after(options_.write_timeout);
       auto [ec, n] = co_await asio::async_write(stream, asio::buffer(kContinue), as_tuple(use_awaitable));
       if (ec) co_return;
     }
@@ -226,7 +258,7 @@ asio::awaitable<void> Server::Session(tcp::socket socket) {
     Response& res = reply->response;
     res.version(req.version());
     if (reply->stream) {
-      co_await Stream(stream, res, reply->stream);
+      co_await StreamBody(stream, res, reply->stream);
       co_return;
     }
     res.keep_alive(req.keep_alive() && !draining() && res.keep_alive());
@@ -238,44 +270,44 @@ asio::awaitable<void> Server::Session(tcp::socket socket) {
     }
     if (!co_await send(res)) co_return;
     if (!res.keep_alive()) {
-      boost::system::error_code ignored;
-      stream.socket().shutdown(tcp::socket::shutdown_send, ignored);
+      co_await CloseWrite(stream);
       co_return;
     }
   }
 }
 
+template <class Stream>
 class Server::Sink : public StreamSink {
  public:
-  Sink(beast::tcp_stream& stream, const Server& server) : stream_(stream), server_(server) {}
+  Sink(Stream& stream, const Server& server) : stream_(stream), server_(server) {}
   asio::awaitable<bool> Write(std::string_view bytes) override {
-    stream_.expires_after(server_.options_.write_timeout);
+    beast::get_lowest_layer(stream_).expires_after(server_.options_.write_timeout);
     auto [ec, n] = co_await asio::async_write(stream_, asio::buffer(bytes), as_tuple(use_awaitable));
     co_return !ec;
   }
   bool stopping() const override { return server_.draining(); }
 
  private:
-  beast::tcp_stream& stream_;
+  Stream& stream_;
   const Server& server_;
 };
 
-asio::awaitable<void> Server::Stream(beast::tcp_stream& stream, const Response& head_fields,
-                                     const std::function<asio::awaitable<void>(StreamSink&)>& produce) {
+template <class Stream>
+asio::awaitable<void> Server::StreamBody(Stream& stream, const Response& head_fields,
+                                         const std::function<asio::awaitable<void>(StreamSink&)>& produce) {
   http::response<http::empty_body> head{head_fields.result(), head_fields.version()};
   for (const auto& f : head_fields) {
     if (f.name() != http::field::content_length) head.set(f.name_string(), f.value());
   }
   head.keep_alive(false);
   http::response_serializer<http::empty_body> serializer{head};
-  stream.expires_after(options_.write_timeout);
+  beast::get_lowest_layer(stream).expires_after(options_.write_timeout);
   auto [ec, n] = co_await http::async_write_header(stream, serializer, as_tuple(use_awaitable));
   if (!ec) {
-    Sink sink(stream, *this);
+    Sink<Stream> sink(stream, *this);
     co_await produce(sink);
   }
-  boost::system::error_code ignored;
-  stream.socket().shutdown(tcp::socket::shutdown_send, ignored);
+  co_await CloseWrite(stream);
 }
 
 void Server::RenderMetrics(std::string& out) const {

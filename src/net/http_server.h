@@ -17,6 +17,7 @@
 #include <boost/asio/awaitable.hpp>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/ssl/context.hpp>
 #include <boost/beast/core/tcp_stream.hpp>
 
 #include <atomic>
@@ -39,6 +40,9 @@ struct ServerOptions {
   size_t body_min_rate = 8 << 10;  // bytes per second
   std::chrono::milliseconds write_timeout{10'000};
   size_t max_connections = 10000;  // beyond this a new connection gets 503 and is closed
+  // --tls-cert/--tls-key: serve HTTPS with this context (borrowed; it must outlive the
+  // Server). nullptr: plain HTTP. The TLS handshake counts against header_timeout.
+  boost::asio::ssl::context* tls = nullptr;
 };
 
 // Where a streamed body goes (Server-Sent Events). Runs on the connection's strand.
@@ -91,9 +95,14 @@ class Server {
  private:
   boost::asio::awaitable<void> AcceptLoop();
   boost::asio::awaitable<void> Session(boost::asio::ip::tcp::socket socket);
+  // The request loop of one connection over a beast::tcp_stream or a TLS stream on one.
+  template <class Stream>
+  boost::asio::awaitable<void> Serve(Stream& stream);
+  template <class Stream>
   class Sink;
-  boost::asio::awaitable<void> Stream(boost::beast::tcp_stream& stream, const Response& head,
-                                      const std::function<boost::asio::awaitable<void>(StreamSink&)>& produce);
+  template <class Stream>
+  boost::asio::awaitable<void> StreamBody(Stream& stream, const Response& head,
+                                          const std::function<boost::asio::awaitable<void>(StreamSink&)>& produce);
 
   boost::asio::io_context& ioc_;
   Handler& handler_;

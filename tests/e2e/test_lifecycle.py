@@ -36,6 +36,7 @@ import http.client
 import json
 import os
 import re
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -45,7 +46,7 @@ import uuid
 
 from flowd_harness import (Client, Server, connect_refused, create_key, files_containing,
                            list_runs, load_flow, poll_run, read_sse)
-from mock_servers import MockLLM, ok_reply
+from mock_servers import MockLLM, make_certs, ok_reply
 
 
 # --------------------------------------------------------------------------- tiny runner
@@ -805,6 +806,68 @@ def admin_listen_serves_operations_routes_alone(ctx):
         expect_complete(done, "text", echo_text("admin"))
         _, _, metrics = admin.get("/metrics")
         expect('route="run_start",status="202"' in str(metrics), "the run is not counted on the admin /metrics")
+
+
+def _https(port, ca, method, path, body=None, headers=None, host="localhost"):
+    ctx = ssl.create_default_context(cafile=ca)
+    conn = http.client.HTTPSConnection(host, port, timeout=10, context=ctx)
+    try:
+        data = json.dumps(body).encode() if body is not None else None
+        hdrs = dict(headers or {})
+        if data is not None:
+            hdrs["Content-Type"] = "application/json"
+        conn.request(method, path, body=data, headers=hdrs)
+        resp = conn.getresponse()
+        return resp.status, json.loads(resp.read() or b"null")
+    finally:
+        conn.close()
+
+
+@check
+def tls_cert_serves_https(ctx):
+    """--tls-cert/--tls-key: the API answers over verified TLS (a certificate from a CA the
+    test made with the openssl CLI); plain HTTP and an untrusted client get no answer."""
+    certs = make_certs()
+    try:
+        cert, key = certs.localhost
+        with ctx.instance("tls", ("--tls-cert", cert, "--tls-key", key)) as inst:
+            auth = {"Authorization": f"Bearer {inst.key}"}
+            status, body = _https(inst.port, certs.ca, "GET", "/healthz")
+            expect(status == 200, f"GET /healthz over TLS -> {status} {short(body)}")
+            status, saved = _https(inst.port, certs.ca, "PUT", f"/v1/flow/{uuid.uuid4()}",
+                                   load_flow("echo"), auth)
+            expect(status == 201, f"PUT flow over TLS -> {status} {short(saved)}")
+            status, run = _https(inst.port, certs.ca, "POST", f"/v1/flow/{saved['flow_id']}/run",
+                                 {"topic": "tls"}, {**auth, "Prefer": "wait=5"})
+            expect(status == 200, f"POST run over TLS -> {status} {short(run)}")
+            expect_complete(run, "text", echo_text("tls"))
+            status, body = _https(inst.port, certs.ca, "GET", "/v1/keys", headers={"Authorization": "Bearer x"})
+            expect(status == 401, f"a bad key over TLS -> {status}")
+            try:
+                _https(inst.port, certs.self_signed[0], "GET", "/healthz")
+                expect(False, "a client trusting another certificate completed the handshake")
+            except ssl.SSLError:
+                pass
+            try:
+                answer = Client(inst.port, timeout=3).get("/healthz")
+                expect(False, f"plain HTTP on the TLS port was answered: {short(answer)}")
+            except (OSError, http.client.HTTPException):
+                pass
+            status, _ = _https(inst.port, certs.ca, "GET", "/healthz")
+            expect(status == 200, "the TLS listener stopped answering after a plain-HTTP client")
+    finally:
+        certs.close()
+
+
+@check
+def tls_flags_refused_when_incomplete_or_unreadable(ctx):
+    for args in (("--tls-cert", "/nonexistent/cert.pem", "--tls-key", "/nonexistent/key.pem"),
+                 ("--tls-cert", "/etc/hostname")):
+        res = subprocess.run([ctx.bin, "serve", "--listen", "127.0.0.1:0", "--data",
+                              tempfile.mkdtemp(prefix="flowd-e2e-tlsbad-"), *args],
+                             capture_output=True, timeout=20)
+        expect(res.returncode == 2, f"{args} -> exit {res.returncode}: {res.stderr[-300:]!r}")
+        expect(b"--tls-" in res.stderr, f"{args}: the error does not name the flag: {res.stderr[-300:]!r}")
 
 
 # --------------------------------------------------------------------------- C22 disk full
