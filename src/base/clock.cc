@@ -1,5 +1,6 @@
 #include "base/clock.h"
 
+#include <algorithm>
 #include <charconv>
 #include <chrono>
 
@@ -15,13 +16,28 @@ std::string FormatTime(int64_t unix_ms) {
   const sys_time<milliseconds> t{milliseconds{unix_ms}};
   const auto day = floor<days>(t);
   const year_month_day ymd{day};
-  const hh_mm_ss hms{t - day};
-  char buf[32];
-  std::snprintf(buf, sizeof buf, "%04d-%02u-%02uT%02d:%02d:%02d.%03dZ", int(ymd.year()),
-                unsigned(ymd.month()), unsigned(ymd.day()), int(hms.hours().count()),
-                int(hms.minutes().count()), int(hms.seconds().count()),
-                int(hms.subseconds().count()));
-  return buf;
+  const int64_t ms_of_day = (t - day).count();
+  // By hand: snprintf cost about 3,000 instructions a call, and every run formats a
+  // dozen times (created, started, finished, one per event).
+  char buf[24];
+  auto put = [&buf](int at, int64_t v, int width) {
+    for (int i = at + width - 1; i >= at; --i, v /= 10) buf[i] = static_cast<char>('0' + v % 10);
+  };
+  put(0, std::clamp(int(ymd.year()), 0, 9999), 4);
+  buf[4] = '-';
+  put(5, unsigned(ymd.month()), 2);
+  buf[7] = '-';
+  put(8, unsigned(ymd.day()), 2);
+  buf[10] = 'T';
+  put(11, ms_of_day / 3'600'000, 2);
+  buf[13] = ':';
+  put(14, ms_of_day / 60'000 % 60, 2);
+  buf[16] = ':';
+  put(17, ms_of_day / 1000 % 60, 2);
+  buf[19] = '.';
+  put(20, ms_of_day % 1000, 3);
+  buf[23] = 'Z';
+  return std::string(buf, sizeof buf);
 }
 
 std::optional<int64_t> ParseDurationMs(std::string_view s) {

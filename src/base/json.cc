@@ -1,18 +1,40 @@
 #include "base/json.h"
 
 #include <algorithm>
+#include <array>
 #include <vector>
 
 namespace flowd {
 namespace ondemand = simdjson::ondemand;
 
+namespace {
+// 1 for the bytes a JSON string cannot hold as they are: controls, '"' and '\\'.
+constexpr auto kEscape = [] {
+  std::array<bool, 256> t{};
+  for (int c = 0; c < 0x20; ++c) t[c] = true;
+  t['"'] = t['\\'] = true;
+  return t;
+}();
+}  // namespace
+
 void AppendJsonString(std::string& out, std::string_view s) {
   static constexpr char kHex[] = "0123456789abcdef";
+  size_t i = 0;
+  while (i < s.size() && !kEscape[static_cast<unsigned char>(s[i])]) ++i;
+  if (i == s.size()) {  // the common case: one append of the whole string and its quotes
+    const size_t at = out.size();
+    out.resize(at + s.size() + 2);
+    char* p = out.data() + at;
+    *p = '"';
+    s.copy(p + 1, s.size());
+    p[s.size() + 1] = '"';
+    return;
+  }
   out += '"';
   size_t run = 0;  // start of the current stretch that needs no escaping
-  for (size_t i = 0; i < s.size(); ++i) {
+  for (; i < s.size(); ++i) {
     unsigned char c = static_cast<unsigned char>(s[i]);
-    if (c >= 0x20 && c != '"' && c != '\\') continue;
+    if (!kEscape[c]) continue;
     out.append(s.data() + run, i - run);
     run = i + 1;
     switch (c) {

@@ -10,6 +10,7 @@
 #include <simdjson.h>
 
 #include <cstdint>
+#include <charconv>
 #include <string>
 #include <string_view>
 
@@ -68,7 +69,12 @@ class JsonWriter {
     return *this;
   }
   JsonWriter& String(std::string_view s) { Sep(); AppendJsonString(out_, s); return *this; }
-  JsonWriter& Int(int64_t v) { Sep(); out_ += std::to_string(v); return *this; }
+  JsonWriter& Int(int64_t v) {
+    Sep();
+    char buf[24];
+    out_.append(buf, std::to_chars(buf, buf + sizeof buf, v).ptr);
+    return *this;
+  }
   JsonWriter& Bool(bool b) { Sep(); out_ += b ? "true" : "false"; return *this; }
   JsonWriter& Null() { Sep(); out_ += "null"; return *this; }
   JsonWriter& Raw(std::string_view json) { Sep(); out_ += json; return *this; }

@@ -35,6 +35,7 @@ namespace {
 std::string EventJson(std::string_view type, std::string_view node, const Error* error = nullptr,
                       std::string_view status = "") {
   std::string out;
+  out.reserve(128 + node.size());  // one allocation for a typical event
   JsonWriter w(out);
   w.BeginObject().Key("type").String(type).Key("at").String(FormatTime(NowMillis()));
   if (!node.empty()) w.Key("node").String(node);
@@ -234,14 +235,9 @@ asio::awaitable<void> Engine::Finish(RunRecord rec, RunTable::Entry* entry, std:
   control->Publish("", true);
   live_.fetch_sub(1);
   ended_[static_cast<size_t>(rec.status)].Add();
-  RunRecord stored = rec;
-  if (!rec.save) stored.outputs.clear();
-  const std::string encoded = EncodeRecord(stored);
   // The global webhook gets the run object with its outputs, also when they are not kept.
   std::optional<Delivery> global;
   if (!rec.global_webhook_url.empty()) {
-    RunRecord shown = rec;
-    shown.save = true;
     global.emplace();
     global->delivery_id = Webhooks::DeliveryId(rec.run_id, "global");
     global->account = rec.account;
@@ -250,10 +246,15 @@ asio::awaitable<void> Engine::Finish(RunRecord rec, RunTable::Entry* entry, std:
     global->kind = "global";
     global->url = rec.global_webhook_url;
     global->ai_flow_signature = rec.global_webhook_signature;
-    global->body = RenderRun(shown);
+    const bool save = rec.save;
+    rec.save = true;
+    global->body = RenderRun(rec);
+    rec.save = save;
     global->forget_body = !rec.save;
     global->created_at = global->next_at = NowMillis();
   }
+  if (!rec.save) rec.outputs.clear();  // rendered above where they are shown; never stored
+  const std::string encoded = EncodeRecord(rec);
   // The final record (with the global delivery) must land, or the run would run again
   // after a restart; a failing store (full disk) is retried until it takes the write.
   asio::steady_timer timer(co_await asio::this_coro::executor);

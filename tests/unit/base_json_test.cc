@@ -76,6 +76,9 @@ TEST_CASE("json: the writer nests and separates") {
 TEST_CASE("clock: RFC 3339 with milliseconds, and durations") {
   CHECK(FormatTime(0) == "1970-01-01T00:00:00.000Z");
   CHECK(FormatTime(1796320451123) == "2026-12-03T17:54:11.123Z");
+  CHECK(FormatTime(951782400000) == "2000-02-29T00:00:00.000Z");
+  CHECK(FormatTime(1704067199999) == "2023-12-31T23:59:59.999Z");
+  CHECK(FormatTime(4102444800001) == "2100-01-01T00:00:00.001Z");
   CHECK(ParseDurationMs("48h") == 48 * 3600 * 1000);
   CHECK(ParseDurationMs("1500ms") == 1500);
   CHECK(ParseDurationMs("10s") == 10000);
