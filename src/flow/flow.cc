@@ -5,6 +5,7 @@
 #include <unordered_map>
 
 #include "flow/nodes.h"
+#include "net/http_client.h"
 #include "net/url.h"
 
 namespace flowd::flow {
@@ -217,6 +218,13 @@ std::shared_ptr<const Flow> Build(std::string name, std::string nodes_json, Erro
       if (!wired && url && !url->text.empty() &&
           (url->kind != Value::Kind::kString || !net::ParseHttpUrl(url->text))) {
         Add(problems, label, url_field, "invalid_url");
+      }
+    }
+    // A signature written in the flow goes into a request header as it is.
+    if (n.type == "webhook") {
+      const Value* sig = n.Field("ai_flow_signature_header_value");
+      if (sig && sig->kind == Value::Kind::kString && !net::IsHeaderValue(sig->text)) {
+        Add(problems, label, "ai_flow_signature_header_value", "invalid_header_value");
       }
     }
     if (n.type == "api-input") unique_name("api_input_name", input_names);

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 
+#include "net/http_client.h"
 #include "net/url.h"
 
 namespace flowd::flow {
@@ -49,6 +50,10 @@ std::optional<Error> DecodeOptions(ondemand::value v, RunRecord& rec) {
                          "run_options.global_webhook");
         }
         (hk == "url" ? rec.global_webhook_url : rec.global_webhook_signature) = std::string(hv);
+      }
+      if (!net::IsHeaderValue(rec.global_webhook_signature)) {
+        return Invalid("invalid_body", "run_options.global_webhook.signature must not hold line breaks or controls.",
+                       "run_options.global_webhook.signature");
       }
       if (!IsHttpUrl(rec.global_webhook_url)) {
         return Invalid("invalid_body", "run_options.global_webhook.url must be an http(s) URL.",

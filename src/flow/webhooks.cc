@@ -84,7 +84,10 @@ std::optional<std::chrono::milliseconds> RetryAfter(const net::Inbound& r) {
 }
 
 bool Retryable(const net::Inbound& r) {
-  if (r.status == 0) return !r.error.starts_with("refused") && !r.error.starts_with("invalid url");
+  if (r.status == 0) {
+    return !r.error.starts_with("refused") && !r.error.starts_with("invalid url") &&
+           !r.error.starts_with("invalid header");
+  }
   return r.status == 408 || r.status == 409 || r.status == 425 || r.status == 429 || r.status >= 500;
 }
 

@@ -14,6 +14,7 @@
 #include <boost/beast/http/write.hpp>
 #include <boost/beast/ssl/ssl_stream.hpp>
 
+#include <cctype>
 #include <optional>
 #include <stdexcept>
 
@@ -33,6 +34,23 @@ using Clock = std::chrono::steady_clock;
 namespace {
 constexpr size_t kMaxResponseHead = 64 << 10;
 }  // namespace
+
+bool IsHeaderName(std::string_view name) {
+  // RFC 9110 token characters.
+  static constexpr std::string_view kSpecial = "!#$%&'*+-.^_`|~";
+  if (name.empty()) return false;
+  for (unsigned char c : name) {
+    if (!(std::isalnum(c) || kSpecial.find(static_cast<char>(c)) != std::string_view::npos)) return false;
+  }
+  return true;
+}
+
+bool IsHeaderValue(std::string_view value) {
+  for (unsigned char c : value) {
+    if ((c < 0x20 && c != '\t') || c == 0x7F) return false;
+  }
+  return true;
+}
 
 struct HttpClient::Connection {
   std::optional<beast::tcp_stream> plain;
@@ -154,6 +172,18 @@ asio::awaitable<Inbound> HttpClient::Fetch(Outbound request) {
     co_return out;
   }
   const HttpUrl& t = *parsed;
+  // Header names and values come from flows and run options: one with a line break (or
+  // NUL, or a name that is not a token) would let its author add headers or a second
+  // request. Refused here, for every caller.
+  for (const auto& [k, v] : request.headers) {
+    if (!IsHeaderName(k) || !IsHeaderValue(v)) {
+      out.error = "invalid header: names must be tokens, values must not hold line breaks or controls";
+      co_return out;
+    }
+  }
+  // Connections made for a guarded request were checked against the SSRF policy when they
+  // were opened; unguarded ones (model providers) never were. They never share a pool.
+  const std::string pool_key = (request.guarded ? "guarded " : "open ") + t.pool_key;
 
   http::request<http::string_body> req{request.method, t.target, 11};
   req.set(http::field::host, t.host_header);
@@ -164,7 +194,7 @@ asio::awaitable<Inbound> HttpClient::Fetch(Outbound request) {
   req.keep_alive(true);
 
   for (int attempt = 0; attempt < 2; ++attempt) {
-    std::unique_ptr<Connection> c = TakeIdle(t.pool_key);
+    std::unique_ptr<Connection> c = TakeIdle(pool_key);
     if (!c) {
       c = co_await Connect(t, request.guarded, deadline, out.error);
       if (!c) co_return out;
@@ -204,7 +234,7 @@ asio::awaitable<Inbound> HttpClient::Fetch(Outbound request) {
     bool keep = res.keep_alive() && parser.is_done();
     out.body = std::move(res.body());
     for (const auto& f : res) out.headers.insert(f.name_string(), f.value());
-    if (keep) PutIdle(t.pool_key, std::move(c));
+    if (keep) PutIdle(pool_key, std::move(c));
     co_return out;
   }
   co_return out;

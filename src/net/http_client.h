@@ -21,6 +21,7 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <string_view>
 #include <unordered_map>
 #include <utility>
 #include <vector>
@@ -38,6 +39,12 @@ struct ClientOptions {
   AddressPolicy policy;
   std::string user_agent = "flowd";
 };
+
+// What an outbound request may carry as a header name (an RFC 9110 token) and value (no
+// line break, NUL or other control but tab). Fetch refuses a request with anything else;
+// callers may check earlier to refuse at save or submit time.
+bool IsHeaderName(std::string_view name);
+bool IsHeaderValue(std::string_view value);
 
 struct Outbound {
   boost::beast::http::verb method = boost::beast::http::verb::get;

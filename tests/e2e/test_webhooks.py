@@ -531,6 +531,40 @@ def global_webhook_bad_url_refused_at_start(ctx):
     expect(status == 200 and body.get("runs") == [], f"a refused start made a run: {short(body)}")
 
 
+@check
+def signature_with_line_breaks_never_becomes_headers(ctx):
+    """AI_FLOW_SIGNATURE goes into a header as it is: a value with CR or LF would add headers
+    or a whole second request. Refused at save, at submit, and when it arrives by a wire."""
+    nodes = hook_nodes(ctx.recv.url("/never"), signature="s\r\nX-Injected: yes")
+    status, _, body = ctx.c.put(f"/v1/flow/{uuid.uuid4()}", nodes)
+    details = (body.get("error") or {}).get("details") or [] if isinstance(body, dict) else []
+    expect(status == 400 and any(d.get("problem") == "invalid_header_value" for d in details),
+           f"a signature with CRLF in the flow: {status} {short(body)}")
+
+    fid = save(ctx, load_flow("echo"))
+    for sig in ("g\r\nX-Injected: yes", "g\nX: y", "g\u0000"):
+        status, _, body = ctx.c.post(f"/v1/flow/{fid}/run", {"topic": "x", "run_options": {
+            "global_webhook": {"url": ctx.recv.url("/never"), "signature": sig}}})
+        code = (body.get("error") or {}).get("code") if isinstance(body, dict) else None
+        expect(status == 400 and code == "invalid_body", f"global signature {sig!r}: {status} {short(body)}")
+
+    nodes = hook_nodes(ctx.recv.url("/never"))
+    nodes.append({"name": "insig0001#api-input", "processorType": "api-input", "inputs": [],
+                  "api_input_name": "sig"})
+    for n in nodes:
+        if n["name"] == HOOK_NODE:
+            n["inputs"].append({"inputName": "ai_flow_signature_header_value",
+                                "inputNode": "insig0001#api-input", "inputNodeOutputKey": 0})
+    fid = save(ctx, nodes)
+    run = run_flow(ctx, fid, {"topic": "x", "sig": "s\r\nX-Injected3: yes\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: x\r\n"})
+    err = run.get("error") or {}
+    expect(run.get("status") == "failed" and err.get("node") == HOOK_NODE,
+           f"a wired signature with CRLF: run {short(run)}")
+    time.sleep(0.3)
+    seen = [r.path for r in ctx.recv.requests() if r.path in ("/never", "/smuggled")]
+    expect(not seen, f"the receiver got {seen}")
+
+
 # --------------------------------------------------------------------------- C18
 
 C18_TOPIC = "naïve café 👋🏽 日本語 \u2028 end"
