@@ -115,13 +115,15 @@ asio::awaitable<std::optional<Catalog::Head>> Catalog::LoadHead(const std::strin
 asio::awaitable<Catalog::SaveResult> Catalog::Save(std::string account, std::string flow_id,
                                                     std::shared_ptr<const Flow> flow) {
   SaveResult result;
-  auto existing = co_await LoadHead(flow_id);
+  co_await LoadHead(flow_id);  // a head kept in the store comes into memory first
   uint32_t version = 0;
   {
     std::lock_guard lock(mu_);
+    // The head in memory decides, under the lock: the save that creates it owns the id,
+    // also when another account's save of the same new id raced it here.
     auto [it, inserted] = heads_.try_emplace(flow_id);
     Head& h = it->second;
-    if (inserted || !existing) {
+    if (inserted) {
       h.account = account;
     } else if (h.account != account) {
       result.error = Error{"not_found", "No flow with this id.", "", {}};

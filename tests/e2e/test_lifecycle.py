@@ -808,6 +808,39 @@ def admin_listen_serves_operations_routes_alone(ctx):
         expect('route="run_start",status="202"' in str(metrics), "the run is not counted on the admin /metrics")
 
 
+@check
+def concurrent_saves_of_a_new_flow_id_by_two_accounts(ctx):
+    """With --threads 4, accounts a and b PUT the same new flow id at the same moment: one
+    of them owns it, the other gets 404 and can never read it."""
+    with ctx.instance("race", ("--threads", "4")) as inst:
+        inst.stop()
+        key_b = create_key(ctx.bin, inst.data_dir, "b", "race")
+        inst.start()
+        a, b = inst.client(), Client(inst.port, key_b, timeout=15.0)
+        flow = load_flow("echo")
+        problems = []
+        for trial in range(30):
+            fid = str(uuid.uuid4())
+            barrier = threading.Barrier(2)
+            got = {}
+
+            def put(name, client):
+                barrier.wait()
+                got[name] = client.put(f"/v1/flow/{fid}", flow)[0]
+
+            threads = [threading.Thread(target=put, args=(n, c)) for n, c in (("a", a), ("b", b))]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(15)
+            owners = [n for n in ("a", "b") if got.get(n) in (200, 201)]
+            readable = [n for n, c in (("a", a), ("b", b)) if c.get(f"/v1/flow/{fid}")[0] == 200]
+            v1 = [n for n, c in (("a", a), ("b", b)) if c.get(f"/v1/flow/{fid}?version=1")[0] == 200]
+            if len(owners) != 1 or readable != owners or v1 != owners:
+                problems.append(f"trial {trial}: PUT {got}, readable by {readable}, version 1 by {v1}")
+        expect(not problems, "; ".join(problems[:5]))
+
+
 def _https(port, ca, method, path, body=None, headers=None, host="localhost"):
     ctx = ssl.create_default_context(cafile=ca)
     conn = http.client.HTTPSConnection(host, port, timeout=10, context=ctx)
