@@ -1,6 +1,7 @@
 #include "flow/nodes.h"
 
 #include <boost/asio/as_tuple.hpp>
+#include <boost/asio/associated_cancellation_slot.hpp>
 #include <boost/asio/post.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/use_awaitable.hpp>
@@ -12,6 +13,7 @@
 
 #include "base/clock.h"
 #include "flow/webhooks.h"
+#include "net/http_client.h"
 #include "net/url.h"
 #include <charconv>
 #include <cstdlib>
@@ -112,7 +114,11 @@ std::optional<std::string> ReadCompletion(const std::string& body, bool anthropi
       text += t;
       any = true;
     }
-    if (!any) return "the provider's answer has no text";
+    if (!any || text.empty()) return "the provider's answer has no text";
+    std::string_view stop;
+    if (!doc["stop_reason"].get_string().get(stop) && stop == "max_tokens") {
+      return "the provider's answer was cut off (stop_reason max_tokens)";
+    }
     return std::nullopt;
   }
   ondemand::array choices;
@@ -127,6 +133,12 @@ std::optional<std::string> ReadCompletion(const std::string& body, bool anthropi
     if (c["message"].get(msg) || msg["content"].get_string().get(content)) {
       return std::string("the provider's answer has no content") +
              (has_finish ? " (finish_reason " + std::string(finish) + ")" : "");
+    }
+    // A run that completes must have an answer: an empty one, or one cut off at the
+    // token limit, fails the node instead of passing on nothing or half a text.
+    if (has_finish && finish == "length") return "the provider's answer was cut off (finish_reason length)";
+    if (content.empty()) {
+      return std::string("the provider's answer is empty") + (has_finish ? " (finish_reason " + std::string(finish) + ")" : "");
     }
     text = content;
     return std::nullopt;
@@ -175,9 +187,13 @@ asio::awaitable<NodeResult> RunModel(const Node& node, const NodeInputs& in, Nod
   asio::steady_timer pause(co_await asio::this_coro::executor);
   for (int attempt = 0;; ++attempt) {
     net::Inbound res = co_await env.http.Fetch(req);
+    // Whatever the provider sends may quote the key (an echo, an error, an answer): it is
+    // gone before anything is read from it. (The key is the operator's token, so putting
+    // "[redacted]" in its place keeps the JSON valid.)
+    res.body = Redact(std::move(res.body), p.api_key);
     if (res.status == 200) {
       std::string text;
-      if (auto why = ReadCompletion(res.body, anthropic, text)) co_return Failed(*why);
+      if (auto why = ReadCompletion(res.body, anthropic, text)) co_return Failed(Redact(std::move(*why), p.api_key));
       co_return NodeResult{Value::String(std::move(text)), std::nullopt};
     }
     const bool retryable = res.status == 429 || res.status >= 500;
@@ -219,8 +235,8 @@ asio::awaitable<NodeResult> RunHttpGet(const Node& node, const NodeInputs& in, N
     }
   }
   for (const auto& [k, v] : req.headers) {
-    if (k.find_first_of("\r\n:") != std::string::npos || v.find_first_of("\r\n") != std::string::npos) {
-      co_return Failed("a header name or value holds a line break or colon");
+    if (!net::IsHeaderName(k) || !net::IsHeaderValue(v)) {
+      co_return Failed("a header name is not a token, or a value holds a line break or control");
     }
   }
   net::Inbound res = co_await env.http.Fetch(req);
@@ -257,6 +273,9 @@ asio::awaitable<NodeResult> RunWebhook(const Node& node, const NodeInputs& in, c
   d.node = node.name;
   d.url = in.Text("webhook_url");
   d.ai_flow_signature = in.Text("ai_flow_signature_header_value");
+  if (!net::IsHeaderValue(d.ai_flow_signature)) {
+    co_return Failed("ai_flow_signature_header_value must not hold line breaks or controls");
+  }
   JsonWriter(d.body).BeginObject().Key(in.Text("webhook_output_field_name")).Val(value).EndObject();
   d.forget_body = !run.save;
   d.created_at = d.next_at = NowMillis();
@@ -267,17 +286,22 @@ asio::awaitable<NodeResult> RunWebhook(const Node& node, const NodeInputs& in, c
   co_return NodeResult{std::move(value), std::nullopt};
 }
 
-// The regex runs on the compute pool; this frame (and so `spec` and `result`) outlives
-// the work, and the post back to `home` publishes `result` to the resumed coroutine.
+// The regex runs on the compute pool; this frame (and so `spec`, `stop` and `result`)
+// outlives the work, and the post back to `home` publishes `result` to the resumed coroutine.
 asio::awaitable<NodeResult> RunReplace(const NodeInputs& in, NodeEnv& env) {
   const ReplaceSpec spec = ReadReplaceSpec(in);
   NodeResult result;
   auto home = co_await asio::this_coro::executor;
+  // A cancel (the node's timeout, the run's cancel or failure) asks the work to stop; the
+  // work always completes, so this frame outlives it.
+  std::atomic<bool> stop{false};
   co_await asio::async_initiate<const asio::use_awaitable_t<>, void()>(
       [&](auto handler) {
-        asio::post(env.compute, [h = std::move(handler), &spec, &result, home]() mutable {
+        auto slot = asio::get_associated_cancellation_slot(handler);
+        if (slot.is_connected()) slot.assign([&stop](asio::cancellation_type) { stop.store(true); });
+        asio::post(env.compute, [h = std::move(handler), &spec, &result, &stop, home]() mutable {
           std::string out;
-          if (auto why = ReplaceText(spec, out)) {
+          if (auto why = ReplaceText(spec, out, &stop)) {
             result = Failed(*why);
           } else {
             result.value = Value::String(std::move(out));
@@ -368,7 +392,7 @@ ReplaceSpec ReadReplaceSpec(const NodeInputs& in) {
           BoolField(in, "use_regex", false)};
 }
 
-std::optional<std::string> ReplaceText(const ReplaceSpec& spec, std::string& out) {
+std::optional<std::string> ReplaceText(const ReplaceSpec& spec, std::string& out, const std::atomic<bool>* stop) {
   const std::string& text = spec.text;
   const std::string& search = spec.search;
   const std::string& replacement = spec.replacement;
@@ -385,9 +409,22 @@ std::optional<std::string> ReplaceText(const ReplaceSpec& spec, std::string& out
     if (!case_sensitive) flags = static_cast<syntax_option_type>(flags | boost::regex::icase);
     if (!use_regex) flags = static_cast<syntax_option_type>(flags | boost::regex::literal);
     boost::regex re(search, flags);
-    match_flag_type fmt = use_regex ? boost::regex_constants::format_default : boost::regex_constants::format_literal;
-    if (!all) fmt = static_cast<match_flag_type>(fmt | boost::regex_constants::format_first_only);
-    out = boost::regex_replace(text, re, replacement, fmt);
+    // regex_replace's loop, with a look at `stop` before each match.
+    out.clear();
+    auto last = text.cbegin();
+    for (boost::sregex_iterator it(text.cbegin(), text.cend(), re), end; it != end; ++it) {
+      if (stop && stop->load(std::memory_order_relaxed)) return "stopped before the replacement was done";
+      const auto& m = (*it)[0];
+      out.append(last, m.first);
+      if (use_regex) {
+        out += it->format(replacement, boost::regex_constants::format_default);
+      } else {
+        out += replacement;
+      }
+      last = m.second;
+      if (!all) break;
+    }
+    out.append(last, text.cend());
   } catch (const boost::regex_error& e) {
     if (e.code() != boost::regex_constants::error_complexity && e.code() != boost::regex_constants::error_stack) {
       return std::string("search_text is not a valid regular expression: ") + e.what();

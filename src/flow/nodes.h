@@ -7,6 +7,7 @@
 #include <boost/asio/thread_pool.hpp>
 
 #include <chrono>
+#include <atomic>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -101,7 +102,10 @@ ReplaceSpec ReadReplaceSpec(const NodeInputs& in);
 // replace-text. Fails (returns an error message) on a pattern that does not compile or a
 // match that exceeds the regex engine's work limit (Boost.Regex gives up on catastrophic
 // backtracking rather than running for ever). CPU-bound: runs on NodeEnv::compute.
-std::optional<std::string> ReplaceText(const ReplaceSpec& spec, std::string& out);
+// `stop` (any thread may set it) ends the work between two matches: one match is bounded
+// by the engine's limit, but a text may hold a million of them.
+std::optional<std::string> ReplaceText(const ReplaceSpec& spec, std::string& out,
+                                       const std::atomic<bool>* stop = nullptr);
 
 // Runs a node kind that needs nothing outside the process. `run_input` is the run's value
 // for an api-input node (nullptr: use the default).

@@ -687,6 +687,28 @@ register("c29d_truncated_then_reset", _c29(
     ["truncat", "incomplete", "partial", "short read", "end of stream", "reset"]))
 
 
+register("c29f_empty_content", _c29(Reply(200, json_body=chat_completion("")), ["empty"]))
+register("c29g_cut_off_at_the_token_limit", _c29(
+    Reply(200, json_body=chat_completion("half an ans", finish_reason="length")), ["cut off", "length"]))
+
+
+@check
+def provider_key_redacted_in_answers_that_succeed(ctx):
+    """C24: the key is redacted in everything the provider sends, not only in its errors."""
+    fid = llm_flow(ctx)
+    tag = rand()
+    ctx.llm.script(ok_reply(f"your key is {ctx.llm_key}, keep it"), match=tag)
+    out = expect_complete(run_flow(ctx, fid, {"topic": tag}))
+    expect(out.get("answer") == "your key is [redacted], keep it", f"answer {out.get('answer')!r}")
+    tag = rand()
+    ctx.llm.script(Reply(200, json_body={"choices": [{"index": 0, "message": {"role": "assistant", "content": None},
+                                                       "finish_reason": ctx.llm_key}]}), match=tag)
+    run = run_flow(ctx, fid, {"topic": tag})
+    msg = expect_failed(run, LLM_NODE)
+    expect(ctx.llm_key not in json.dumps(run), f"the key reached the run object: {msg!r}")
+    expect("[redacted]" in msg, f"message {msg!r}")
+
+
 @check
 def c29e_base_url_trailing_slash(ctx):
     seen = []
@@ -817,6 +839,23 @@ def ssrf_refused_without_flag(ctx):
 
 
 @check
+def ssrf_guard_holds_after_a_model_call_to_the_same_address(ctx):
+    """The model provider is the operator's choice and may sit on loopback; the kept-alive
+    connection to it must never carry a guarded request (http-get-processor, webhooks)."""
+    port, key = ctx.guarded()
+    cl = Client(port, key, timeout=15.0)
+    tag = rand()
+    llm_fid = save(ctx, load_flow("llm"), cl)
+    expect_complete(run_flow(ctx, llm_fid, {"topic": tag}, client=cl))
+    http_fid = http_flow(ctx, cl)
+    target = f"http://127.0.0.1:{ctx.llm.port}/internal-{tag}"
+    run = run_flow(ctx, http_fid, {"url": target}, client=cl)
+    expect_mentions(expect_failed(run, HTTP_NODE), "refused")
+    reached = [r for r in ctx.llm.requests() if f"internal-{tag}" in r.path]
+    expect(not reached, f"the guarded request reached the provider's address: {reached[:1]}")
+
+
+@check
 def ssrf_allowed_with_cidr_flag(ctx):
     tag = rand()
     ctx.web.route(f"/allowed-{tag}", json_body={"ok": True})
@@ -905,6 +944,31 @@ register("replace_regex_first_only_icase", _replace(
 register("replace_bad_regex_fails", _replace(
     {"search_text": "(", "replacement_text": "x", "use_regex": True}, "abc",
     fail_words=["regular expression", "regex", "pattern"]))
+
+
+@check
+def replace_many_matches_stops_on_cancel(ctx):
+    """a(?=a*$) scans to the end at each of a million matches: each match is cheap enough
+    for the regex engine's limit, the whole is hours. A cancel stops it between matches,
+    and the next replace-text (on the same worker) runs at once."""
+    fid = save(ctx, [
+        api_input("intext001#api-input", "text"),
+        node("repl00001#replace-text", "replace-text", [edge("intext001#api-input", "input_text")],
+             search_text="a(?=a*$)", replacement_text="b", use_regex=True),
+        api_output("outtext01#api-output", "out", "repl00001#replace-text"),
+    ])
+    rid = start(ctx, fid, {"text": "a" * 1_000_000})
+    time.sleep(0.5)
+    t0 = time.monotonic()
+    status, _, body = ctx.c.post(f"/v1/flow/{fid}/run/{rid}/cancel")
+    took = time.monotonic() - t0
+    expect(status == 200 and body.get("status") == "canceled",
+           f"cancel -> {status} {short(body)} after {took:.2f} s")
+    expect(took < 2.0, f"cancel took {took:.2f} s")
+    t0 = time.monotonic()
+    out = expect_complete(run_flow(ctx, fid, {"text": "aaa"}))
+    expect(out.get("out") == "bbb", f"out {out.get('out')!r}")
+    note(f"cancel {took:.2f} s, next replace {time.monotonic() - t0:.2f} s")
 
 
 @check

@@ -1,5 +1,7 @@
 #include <catch2/catch.hpp>
 
+#include <atomic>
+
 #include <fstream>
 #include <sstream>
 
@@ -200,6 +202,19 @@ TEST_CASE("replace-text: catastrophic backtracking ends with an error, not a han
   auto why = ReplaceText({std::string(5000, 'a') + "b", "(a+)+$", "x", true, true, true}, out);
   REQUIRE(why);
   CHECK(why->find("too expensive") != std::string::npos);
+}
+
+TEST_CASE("replace-text: a stop request ends a replacement of many matches between two of them") {
+  // Each match of a(?=a*$) scans to the end: within the engine's limit one by one, but
+  // quadratic over the text. Only `stop` bounds the whole.
+  std::string out;
+  std::atomic<bool> stop{true};
+  auto why = ReplaceText({std::string(200000, 'a'), "a(?=a*$)", "b", true, true, true}, out, &stop);
+  REQUIRE(why);
+  CHECK(why->find("stopped") != std::string::npos);
+  stop = false;
+  CHECK_FALSE(ReplaceText({"aaa", "a(?=a*$)", "b", true, true, true}, out, &stop));
+  CHECK(out == "bbb");
 }
 
 TEST_CASE("flow: API names are strings set on the node, never wired") {
