@@ -193,6 +193,12 @@ asio::awaitable<void> Server::Serve(Stream& stream) {
       if (auto res = RefusalFor(hec)) co_await refuse(std::move(*res));
       co_return;
     }
+    // An HTTP/1.1 request names exactly one Host (RFC 9112 3.2): two could route
+    // differently at a proxy in front than here.
+    if (parser.get().version() >= 11 && parser.get().count(http::field::host) != 1) {
+      co_await refuse(ErrorResponse(400, "bad_request", "An HTTP/1.1 request carries exactly one Host header."));
+      co_return;
+    }
     // chunked is the only transfer coding flowd decodes; guessing at others would hand the
     // handler bytes it cannot read.
     if (auto te = parser.get().find(http::field::transfer_encoding);
@@ -200,6 +206,7 @@ asio::awaitable<void> Server::Serve(Stream& stream) {
       co_await refuse(ErrorResponse(501, "not_implemented", "The only transfer coding accepted is chunked."));
       co_return;
     }
+    const auto head_fields = static_cast<size_t>(std::distance(parser.get().begin(), parser.get().end()));
     busy_.fetch_add(1);
     struct Idle {
       std::atomic<int>& busy;
@@ -234,12 +241,17 @@ asio::awaitable<void> Server::Serve(Stream& stream) {
       co_return;
     }
 
-    // Trailers join the head's fields, and count against the same limit.
+    // Beast adds a chunked body's trailers to the head's fields. They count against the
+    // head limit, and are then dropped: no trailer may stand in for a header (RFC 9110
+    // 6.5.1), or an Authorization sent after the body would be read as the request's.
     size_t head_bytes = 0;
     for (const auto& f : parser.get()) head_bytes += f.name_string().size() + f.value().size() + 4;
     if (head_bytes > options_.max_header) {
       co_await refuse(ErrorResponse(431, "headers_too_large", "The request head is larger than this server accepts."));
       co_return;
+    }
+    for (auto it = std::next(parser.get().begin(), static_cast<std::ptrdiff_t>(head_fields)); it != parser.get().end();) {
+      it = parser.get().erase(it);
     }
 
     Request req = parser.release();

@@ -104,9 +104,12 @@ class EchoHandler : public flowd::net::Handler {
     // Take what the answer needs before suspending.
     const std::string target(req.target());
     const std::string body = EchoJson(req.method_string(), target, req.body().size());
+    std::string names;
+    for (const auto& f : req) names += std::string(f.name_string()) + ";";
     {
       std::lock_guard lock(mu_);
       targets_.push_back(target);
+      fields_.push_back(std::move(names));
     }
     if (target.starts_with("/slow/")) {
       slow_started_.store(true);
@@ -121,12 +124,18 @@ class EchoHandler : public flowd::net::Handler {
     std::lock_guard lock(mu_);
     return targets_;
   }
+  // The field names of each request Handle saw ("Host;Content-Type;"), in order.
+  std::vector<std::string> fields() const {
+    std::lock_guard lock(mu_);
+    return fields_;
+  }
   int prechecks() const { return prechecks_.load(); }
   bool slow_started() const { return slow_started_.load(); }
 
  private:
   mutable std::mutex mu_;
   std::vector<std::string> targets_;  // every request Handle saw, in order
+  std::vector<std::string> fields_;   // guarded by mu_, beside targets_
   std::atomic<int> prechecks_{0};
   std::atomic<bool> slow_started_{false};
 };
@@ -832,6 +841,41 @@ TEST_CASE_METHOD(ServerFixture, "net.server: refuses trailers over the head limi
   REQUIRE(s.responses.size() == 1);
   CheckRefusal(s.responses[0], 431, "headers_too_large");
   CHECK(handler().targets().empty());
+}
+
+TEST_CASE_METHOD(ServerFixture, "net.server: refuses an HTTP/1.1 request without exactly one Host") {
+  for (const std::string head : {"GET /h HTTP/1.1\r\n\r\n", "GET /h HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n"}) {
+    INFO(head);
+    RawClient c(port());
+    REQUIRE(c.connected());
+    REQUIRE(c.Send(head));
+    CHECK(c.ReadUntilClosed(3s));
+    auto s = c.Parsed();
+    REQUIRE(s.responses.size() == 1);
+    CheckRefusal(s.responses[0], 400, "bad_request");
+  }
+  RawClient ok(port());
+  REQUIRE(ok.connected());
+  REQUIRE(ok.Send("GET /h HTTP/1.0\r\n\r\n"));
+  REQUIRE(ok.ReadFinals(1, 3s));
+  CHECK(ok.Parsed().responses[0].status == 200);
+  CHECK(handler().targets() == std::vector<std::string>{"/h"});
+}
+
+TEST_CASE_METHOD(ServerFixture, "net.server: drops trailers so that none reads as a header") {
+  RawClient c(port());
+  REQUIRE(c.connected());
+  REQUIRE(c.Send(PostHead("/trailer", "Transfer-Encoding: chunked\r\n") + Chunk(kB0) +
+                 "0\r\nAuthorization: Bearer smuggled\r\nX-T: 1\r\n\r\n"));
+  REQUIRE(c.ReadFinals(1, 3s));
+  auto s = c.Parsed();
+  REQUIRE(s.responses.size() == 1);
+  CHECK(s.responses[0].status == 200);
+  REQUIRE(handler().fields().size() == 1);
+  const std::string names = Lower(handler().fields()[0]);
+  CHECK(names.find("authorization") == std::string::npos);
+  CHECK(names.find("x-t;") == std::string::npos);
+  CHECK(names.find("transfer-encoding") != std::string::npos);
 }
 
 // ---- Expect: 100-continue (C01) -----------------------------------------------------
