@@ -5,6 +5,7 @@
 #include <boost/beast/core/string.hpp>
 
 #include <charconv>
+#include <utility>
 
 #include "api/api_view.h"
 #include "auth/webhook_signature.h"
@@ -155,7 +156,10 @@ std::optional<int> PreferWait(std::string_view v) {
       auto num = pref.substr(5);
       while (!num.empty() && num.back() == ' ') num.remove_suffix(1);
       auto [end, ec] = std::from_chars(num.data(), num.data() + num.size(), n);
-      if (ec == std::errc() && end == num.data() + num.size() && n >= 1) return std::min(n, 60);
+      if (end == num.data() + num.size() && !num.empty()) {
+        if (ec == std::errc() && n >= 1) return std::min(n, 60);
+        if (ec == std::errc::result_out_of_range && num.front() != '-') return 60;  // above 60 counts as 60
+      }
     }
     if (comma == std::string_view::npos) break;
     v.remove_prefix(comma + 1);
@@ -358,10 +362,12 @@ asio::awaitable<Response> Routes::Keys(Call& c) {
         if (parser.iterate(Padded(c.req.body())).get(doc) || doc.get_object().get(obj)) {
           co_return ErrorResponse(400, "invalid_json", "The body must be a JSON object.");
         }
+        bool seen = false;
         for (auto f : obj) {
           std::string_view k, v;
           if (f.unescaped_key().get(k)) co_return ErrorResponse(400, "invalid_json", "The body is not valid JSON.");
           if (k != "name") co_return ErrorResponse(400, "invalid_body", "Unknown field \"" + std::string(k) + "\".");
+          if (std::exchange(seen, true)) co_return ErrorResponse(400, "invalid_json", JsonErrorMessage(JsonError::kDuplicateKey));
           if (f.value().get_string().get(v) || v.size() > 200) {
             co_return ErrorResponse(400, "invalid_body", "name must be a string of at most 200 characters.");
           }

@@ -335,6 +335,25 @@ def keys_post_201(ctx):
 
 
 @check
+def keys_post_duplicate_name_refused(ctx):
+    """A key repeated within one object is invalid_json everywhere, key creation included."""
+    before = len(ctx.a.get("/v1/keys")[2]["keys"])
+    err = expect_error(ctx.a.post("/v1/keys", '{"name":"a","name":"b"}'), 400, "invalid_json")
+    expect("repeats a key" in err["message"], f"message {err['message']!r}")
+    after = len(ctx.a.get("/v1/keys")[2]["keys"])
+    expect(after == before, f"a refused request made a key ({before} -> {after})")
+
+
+@check
+def prefer_wait_beyond_64_bits_counts_as_60(ctx):
+    fid = new_echo(ctx)
+    for value in ("99999999999", "18446744073709551616"):
+        status, _, body = ctx.a.post(f"/v1/flow/{fid}/run", {"topic": "cats"}, headers={"Prefer": f"wait={value}"})
+        expect(status == 200 and body.get("status") == "complete",
+               f"Prefer: wait={value} -> {status} {short(body)}; want the ended run (waits up to 60 s)")
+
+
+@check
 def keys_list_hides_key(ctx):
     created = post_key(ctx)
     resp = ctx.a.get("/v1/keys")
