@@ -292,6 +292,18 @@ asio::awaitable<std::optional<Engine::RunView>> Engine::Find(std::string account
   found.emplace();
   found->ended = IsTerminal(rec.status);
   found->object = RenderRun(rec);
+  // A run polled after it left the table is likely polled again: it goes back in, as a
+  // recently ended run, while the table has room to spare (live runs come first).
+  if (found->ended && table_linked_.load(std::memory_order_relaxed) < table_.capacity() / 4) {
+    auto control = std::make_shared<RunControl>();
+    control->strand = asio::make_strand(ioc_);
+    control->ended = true;
+    control->events = rec.events;
+    auto entry = std::make_unique<RunTable::Entry>(rec, std::move(control));
+    entry->final_json.store(new std::string(found->object), std::memory_order_release);
+    entry->evictable_at.store(NowMillis() + options_.keep_ended_ms, std::memory_order_release);
+    table_.Insert(std::move(entry));
+  }
   found->stored_events = std::move(rec.events);
   co_return found;
 }
@@ -467,7 +479,7 @@ asio::awaitable<void> Engine::Sweeper() {
     timer.expires_after(std::chrono::milliseconds(250));
     auto [ec] = co_await timer.async_wait(asio::as_tuple(asio::use_awaitable));
     if (ec) co_return;
-    table_.Sweep(NowMillis());
+    table_linked_.store(table_.Sweep(NowMillis()), std::memory_order_relaxed);
   }
 }
 

@@ -111,6 +111,7 @@ class Engine {
   EngineOptions options_;
   RunTable table_;
   std::atomic<size_t> live_{0};
+  std::atomic<size_t> table_linked_{0};  // entries in table_ at the last sweep
   Counter ended_[4];  // by RunStatus
 };
 
