@@ -20,12 +20,13 @@
 #include <boost/beast/http/string_body.hpp>
 #include <boost/beast/http/write.hpp>
 
-#include <charconv>
 #include <cstring>
 #include <exception>
 #include <iostream>
 #include <string>
 #include <string_view>
+
+#include "listen.h"
 
 namespace asio = boost::asio;
 namespace beast = boost::beast;
@@ -93,18 +94,6 @@ asio::awaitable<void> AcceptLoop(tcp::acceptor& acceptor) {
   }
 }
 
-bool ParseListen(std::string_view s, tcp::endpoint& out) {
-  auto colon = s.rfind(':');
-  if (colon == std::string_view::npos) return false;
-  boost::system::error_code ec;
-  auto address = asio::ip::make_address(std::string(s.substr(0, colon)), ec);
-  unsigned port = 0;
-  auto [end, pec] = std::from_chars(s.data() + colon + 1, s.data() + s.size(), port);
-  if (ec || pec != std::errc() || end != s.data() + s.size() || port > 65535) return false;
-  out = {address, static_cast<unsigned short>(port)};
-  return true;
-}
-
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -117,22 +106,12 @@ int main(int argc, char** argv) {
       return 2;
     }
   }
-  tcp::endpoint at;
-  if (!ParseListen(listen, at)) {
-    std::cerr << "flowd_ceiling: --listen: expected address:port, e.g. 127.0.0.1:0\n";
-    return 2;
-  }
-
   asio::io_context ioc(1);
   tcp::acceptor acceptor(ioc);
-  boost::system::error_code ec;
-  acceptor.open(at.protocol(), ec);
-  if (!ec) acceptor.set_option(asio::socket_base::reuse_address(true), ec);
-  if (!ec) acceptor.bind(at, ec);
-  if (!ec) acceptor.listen(asio::socket_base::max_listen_connections, ec);
-  if (ec) {
-    std::cerr << "flowd_ceiling: cannot listen on " << listen << ": " << ec.message() << "\n";
-    return 1;
+  std::string error;
+  if (!flowd::bench::Listen(acceptor, listen, error)) {
+    std::cerr << "flowd_ceiling: " << error << "\n";
+    return 2;
   }
   asio::co_spawn(ioc, AcceptLoop(acceptor), LogFailure);
 

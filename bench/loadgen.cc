@@ -12,6 +12,10 @@
 //                 --method POST --path /v1/flow/ID/run --body '{"topic":"cats"}'
 //                 --header 'Authorization: Bearer fk_...' --header 'Content-Type: application/json'
 //
+// A body holding kStamp (16 '#') gets, in each request, the time the request was due as 16
+// decimal digits of steady-clock microseconds (CLOCK_MONOTONIC, shared by every process),
+// so a receiver downstream (flowd_webhook_sink) can time the whole path.
+//
 // Prints one line of key=value figures on stdout: requests (answered), errors (non-2xx,
 // I/O failures, requests never sent before the hard stop), rate (answers per second),
 // p50_us, p90_us, p99_us, max_us. --histogram adds the latency histogram.
@@ -32,6 +36,8 @@
 #include <boost/beast/http/string_body.hpp>
 #include <boost/beast/http/write.hpp>
 #include <boost/program_options.hpp>
+
+#include "latency_histogram.h"
 
 #include <algorithm>
 #include <array>
@@ -63,66 +69,19 @@ constexpr uint64_t kMaxRequests = 100'000'000;
 constexpr auto kGrace = std::chrono::seconds(10);           // after --duration, before the hard stop
 constexpr auto kRequestTimeout = std::chrono::seconds(10);  // one write or one read
 
-// Latencies in microseconds, log-linear: exact below 128 µs, then 64 buckets per power of
-// two (at most 1.6 % above the true value). Fixed size; no allocation while recording.
-class Histogram {
- public:
-  void Add(uint64_t us) {
-    us = std::min<uint64_t>(us, uint64_t{1} << 40);
-    ++counts_[Index(us)];
-    ++count_;
-    max_ = std::max(max_, us);
-  }
-  uint64_t count() const { return count_; }
-  uint64_t max() const { return max_; }
+constexpr std::string_view kStamp = "################";
 
-  // The upper edge of the bucket that holds the value at `percent`.
-  uint64_t Percentile(double percent) const {
-    if (count_ == 0) return 0;
-    const auto rank = static_cast<uint64_t>(std::ceil(percent / 100.0 * static_cast<double>(count_)));
-    uint64_t seen = 0;
-    for (size_t i = 0; i < counts_.size(); ++i) {
-      seen += counts_[i];
-      if (seen >= std::max<uint64_t>(rank, 1)) return std::min(Upper(i), max_);
-    }
-    return max_;
-  }
-
-  void Print(std::ostream& out) const {
-    uint64_t seen = 0;
-    out << "# latency histogram: upper_us count cumulative_percent\n";
-    for (size_t i = 0; i < counts_.size(); ++i) {
-      if (counts_[i] == 0) continue;
-      seen += counts_[i];
-      out << Upper(i) << ' ' << counts_[i] << ' ' << 100.0 * static_cast<double>(seen) / static_cast<double>(count_)
-          << '\n';
-    }
-  }
-
- private:
-  static constexpr int kSubBits = 6;
-  static constexpr size_t kExact = size_t{2} << kSubBits;  // 0..127 have a bucket each
-
-  static size_t Index(uint64_t v) {
-    if (v < kExact) return v;
-    const int shift = std::bit_width(v) - (kSubBits + 1);  // v >> shift is in [64, 127]
-    return (static_cast<size_t>(shift + 1) << kSubBits) + ((v >> shift) - (uint64_t{1} << kSubBits));
-  }
-  static uint64_t Upper(size_t i) {
-    if (i < kExact) return i;
-    const size_t shift = (i >> kSubBits) - 1;
-    const uint64_t mantissa = (i & ((size_t{1} << kSubBits) - 1)) + (uint64_t{1} << kSubBits);
-    return ((mantissa + 1) << shift) - 1;
-  }
-
-  std::array<uint64_t, 64 << kSubBits> counts_{};
-  uint64_t count_ = 0;
-  uint64_t max_ = 0;
-};
+// Writes `t` over the kStamp.size() bytes at `at`.
+void WriteStamp(std::string& request, size_t at, Clock::time_point t) {
+  auto us = static_cast<unsigned long long>(
+      std::chrono::duration_cast<std::chrono::microseconds>(t.time_since_epoch()).count());
+  for (size_t i = kStamp.size(); i-- > 0; us /= 10) request[at + i] = static_cast<char>('0' + us % 10);
+}
 
 struct Plan {
   tcp::endpoint target;
-  std::string request;  // the serialized request, sent as is every time
+  std::string request;  // the serialized request, sent as is every time (but for the stamp)
+  size_t stamp_at = std::string::npos;  // where the request holds kStamp
   double rate = 0;      // requests per second; 0: closed loop
   uint64_t total = 0;   // requests to send
   Clock::duration duration{};
@@ -139,7 +98,7 @@ struct Run {
   uint64_t next = 0;  // index of the next request to take
   uint64_t errors = 0;
   Clock::time_point last_answer;
-  Histogram latency;
+  flowd::bench::Histogram latency;
   std::string first_error;
 
   void Fail(const std::string& what) {
@@ -169,6 +128,7 @@ asio::awaitable<bool> Connect(beast::tcp_stream& stream, Run& run) {
 asio::awaitable<void> Connection(Run& run, beast::tcp_stream stream) {
   asio::steady_timer timer(stream.get_executor());
   beast::flat_buffer buffer;
+  std::string request = run.plan.request;
   for (;;) {
     if (run.next >= run.plan.total) co_return;
     const Clock::time_point due = run.Due(run.next);
@@ -183,8 +143,9 @@ asio::awaitable<void> Connection(Run& run, beast::tcp_stream stream) {
       co_return;
     }
     const Clock::time_point sent = Clock::now();
+    if (run.plan.stamp_at != std::string::npos) WriteStamp(request, run.plan.stamp_at, run.plan.rate > 0 ? due : sent);
     stream.expires_after(kRequestTimeout);
-    auto [wec, wn] = co_await asio::async_write(stream, asio::buffer(run.plan.request), as_tuple(use_awaitable));
+    auto [wec, wn] = co_await asio::async_write(stream, asio::buffer(request), as_tuple(use_awaitable));
     http::response<http::string_body> res;
     boost::system::error_code ec = wec;
     if (!ec) {
@@ -321,6 +282,7 @@ int main(int argc, char** argv) {
   std::ostringstream wire;
   wire << req;
   plan.request = wire.str();
+  if (auto at = body.find(kStamp); at != std::string::npos) plan.stamp_at = plan.request.size() - body.size() + at;
 
   asio::io_context ioc(1);
   Run run(plan);
