@@ -71,16 +71,16 @@ asio::awaitable<std::optional<Error>> Engine::Start(SavedFlow saved, RunRecord& 
   co_return std::nullopt;
 }
 
-void Engine::Launch(std::shared_ptr<const Flow> flow, RunRecord rec) {
+void Engine::Launch(std::shared_ptr<const Flow> flow, RunRecord rec, bool resumed) {
   auto strand = asio::make_strand(ioc_);
   auto control = std::make_shared<RunControl>();
   control->strand = strand;
   // A run that finds no room in the table still runs; readers then see its stored record.
   RunTable::Entry* entry = table_.Insert(std::make_unique<RunTable::Entry>(rec, control));
-  SpawnLogged(strand, Execute(std::move(flow), std::move(rec), entry, std::move(control)), "run");
+  SpawnLogged(strand, Execute(std::move(flow), std::move(rec), resumed, entry, std::move(control)), "run");
 }
 
-asio::awaitable<void> Engine::Execute(std::shared_ptr<const Flow> flow, RunRecord rec, RunTable::Entry* entry,
+asio::awaitable<void> Engine::Execute(std::shared_ptr<const Flow> flow, RunRecord rec, bool resumed, RunTable::Entry* entry,
                                       std::shared_ptr<RunControl> control) {
   using namespace asio::experimental::awaitable_operators;
   auto strand = co_await asio::this_coro::executor;
@@ -142,7 +142,7 @@ asio::awaitable<void> Engine::Execute(std::shared_ptr<const Flow> flow, RunRecor
         finished.push_back({i, RunLocalNode(node, inputs_of(i), run_input)});
         continue;
       }
-      const RunContext run{rec.run_id, rec.account, rec.flow_id, rec.save};
+      const RunContext run{rec.run_id, rec.account, rec.flow_id, rec.save, resumed};
       cancels[i] = std::make_unique<asio::cancellation_signal>();
       in_flight[i] = true;
       ++running;
@@ -404,7 +404,7 @@ size_t Engine::Resume() {
     rec.nodes_done = 0;
     rec.events.clear();
     rec.error_code.clear();
-    Launch(std::move(flow), std::move(rec));
+    Launch(std::move(flow), std::move(rec), /*resumed=*/true);
     ++resumed;
   }
   return resumed;

@@ -95,9 +95,10 @@ class Engine {
   RunTable& table() { return table_; }
 
  private:
-  // Registers the run in the table and starts it on a new strand.
-  void Launch(std::shared_ptr<const Flow> flow, RunRecord rec);
-  boost::asio::awaitable<void> Execute(std::shared_ptr<const Flow> flow, RunRecord rec, RunTable::Entry* entry,
+  // Registers the run in the table and starts it on a new strand. `resumed`: the run was
+  // accepted before this process started (it may have made webhook deliveries already).
+  void Launch(std::shared_ptr<const Flow> flow, RunRecord rec, bool resumed = false);
+  boost::asio::awaitable<void> Execute(std::shared_ptr<const Flow> flow, RunRecord rec, bool resumed, RunTable::Entry* entry,
                                        std::shared_ptr<RunControl> control);
   boost::asio::awaitable<void> Finish(RunRecord rec, RunTable::Entry* entry, std::shared_ptr<RunControl> control);
   boost::asio::awaitable<void> Sweeper();

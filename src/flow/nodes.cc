@@ -282,7 +282,7 @@ asio::awaitable<NodeResult> RunWebhook(const Node& node, const NodeInputs& in, c
   if (!net::ParseHttpUrl(d.url)) {
     co_return Failed("webhook_url must be an http(s) URL");
   }
-  if (!co_await env.webhooks.Enqueue(std::move(d))) co_return Failed("the delivery could not be stored");
+  if (!co_await env.webhooks.Enqueue(std::move(d), run.resumed)) co_return Failed("the delivery could not be stored");
   co_return NodeResult{std::move(value), std::nullopt};
 }
 

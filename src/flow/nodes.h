@@ -83,6 +83,7 @@ struct NodeResult {
 struct RunContext {
   std::string run_id, account, flow_id;
   bool save = true;
+  bool resumed = false;  // accepted before this process started
 };
 
 // Runs a node of a kind with a timeout (one that suspends), on the caller's executor.

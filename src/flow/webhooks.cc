@@ -246,10 +246,12 @@ void Webhooks::Persist(store::Batch& batch, const Delivery& d) {
 
 void Webhooks::Launch(Delivery d) { SpawnLogged(asio::make_strand(ioc_), Worker(std::move(d)), "webhook delivery"); }
 
-asio::awaitable<bool> Webhooks::Enqueue(Delivery d) {
-  auto [s, existing] = co_await store_.AsyncGet(Cf::kDeliveries, d.delivery_id, asio::as_tuple(asio::use_awaitable));
-  if (s.ok()) co_return true;  // made before a restart; ResumeSync runs it if it has not ended
-  if (!s.not_found()) co_return false;
+asio::awaitable<bool> Webhooks::Enqueue(Delivery d, bool may_exist) {
+  if (may_exist) {
+    auto [s, existing] = co_await store_.AsyncGet(Cf::kDeliveries, d.delivery_id, asio::as_tuple(asio::use_awaitable));
+    if (s.ok()) co_return true;  // made before a restart; ResumeSync runs it if it has not ended
+    if (!s.not_found()) co_return false;
+  }
   store::Batch batch;
   Persist(batch, d);
   if (!(co_await store_.AsyncWrite(std::move(batch), asio::use_awaitable)).ok()) co_return false;

@@ -100,9 +100,10 @@ class Webhooks {
   static void Persist(store::Batch& batch, const Delivery& d);
   void Launch(Delivery d);
 
-  // Persists `d` unless a delivery with its id exists already, then launches it.
-  // False when the store refused.
-  boost::asio::awaitable<bool> Enqueue(Delivery d);
+  // Persists `d` and launches it. With `may_exist` (a run resumed after a restart), a
+  // delivery with its id made before the restart is left as it is instead. False when
+  // the store refused.
+  boost::asio::awaitable<bool> Enqueue(Delivery d, bool may_exist);
 
   // Start-up (blocking reads): restarts every delivery that has not ended.
   size_t ResumeSync();

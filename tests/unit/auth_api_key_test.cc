@@ -96,6 +96,12 @@ TEST_CASE("webhook_signature: HMAC-SHA256 matches RFC 4231") {
   // Test case 1: key of 20 bytes 0x0b, "Hi There".
   CHECK(HexOf(HmacSha256(std::string(20, '\x0b'), "Hi There")) ==
         "b0344c61d8db38535ca8afceaf0bf12b881dc200c9833da726e9376c2e32cff7");
+  // Test case 6: a key longer than the block, hashed first; then a short key again (the
+  // context is reused per thread and re-keyed at each use).
+  CHECK(HexOf(HmacSha256(std::string(131, '\xaa'), "Test Using Larger Than Block-Size Key - Hash Key First")) ==
+        "60e431591ee0b67f0d8a26aacbf5b77f8e0bc6213728c5140546040f0ee37f54");
+  CHECK(HexOf(HmacSha256("Jefe", "what do ya want for nothing?")) ==
+        "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843");
 }
 
 TEST_CASE("webhook_signature: the Standard Webhooks example vector") {
