@@ -96,12 +96,24 @@ std::string ProviderMessage(const std::string& body) {
 
 // Reads the assistant text of an OpenAI chat completion or an Anthropic message.
 std::optional<std::string> ReadCompletion(const std::string& body, bool anthropic, std::string& text) {
-  ondemand::parser parser;
   simdjson::padded_string padded(body);
+  {
+    // The whole answer first, with the rule every request body gets: a document with
+    // trailing bytes or a repeated key is refused rather than read in part.
+    ondemand::parser check;
+    ondemand::document d;
+    ondemand::value v;
+    Value ignored;
+    JsonError e = JsonError::kSyntax;
+    if (!check.iterate(padded).get(d) && !d.get_value().get(v)) e = ReadValue(v, 1, ignored);
+    if (e == JsonError::kNone && !AtEnd(d)) e = JsonError::kSyntax;
+    if (e != JsonError::kNone) return std::string("the provider's answer is not JSON (") + JsonErrorMessage(e) + ")";
+  }
+  ondemand::parser parser;
   ondemand::document doc;
   ondemand::json_type type;
   if (parser.iterate(padded).get(doc) || doc.type().get(type) || type != ondemand::json_type::object) {
-    return "the provider's answer is not JSON";
+    return "the provider's answer is not a JSON object";
   }
   if (anthropic) {
     ondemand::array content;
@@ -198,8 +210,9 @@ asio::awaitable<NodeResult> RunModel(const Node& node, const NodeInputs& in, Nod
     }
     const bool retryable = res.status == 429 || res.status >= 500;
     if (!retryable || attempt == kModelRetries) {
-      std::string what = res.status == 0 ? "the provider could not be reached (" + res.error + ")"
-                                          : "the provider answered " + std::to_string(res.status);
+      std::string what = res.status != 0                          ? "the provider answered " + std::to_string(res.status)
+                         : res.error.starts_with("response too large") ? "the provider's answer is larger than 2 MiB"
+                                                                        : "the provider could not be reached (" + res.error + ")";
       if (res.status == 429) what += " (rate limited)";
       std::string detail = res.status ? ProviderMessage(res.body) : "";
       if (!detail.empty()) what += ": " + detail;

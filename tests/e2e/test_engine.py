@@ -688,6 +688,12 @@ register("c29d_truncated_then_reset", _c29(
 
 
 register("c29f_empty_content", _c29(Reply(200, json_body=chat_completion("")), ["empty"]))
+register("c29h_trailing_bytes_after_the_answer", _c29(Reply(
+    200, body=json.dumps(chat_completion("ok")) + " trailing", headers={"Content-Type": "application/json"}),
+    ["not json"]))
+register("c29i_repeated_key_in_the_answer", _c29(Reply(
+    200, body='{"choices":[{"index":0,"message":{"role":"assistant","content":"a","content":"b"}}]}',
+    headers={"Content-Type": "application/json"}), ["repeats a key"]))
 register("c29g_cut_off_at_the_token_limit", _c29(
     Reply(200, json_body=chat_completion("half an ans", finish_reason="length")), ["cut off", "length"]))
 
