@@ -8,19 +8,44 @@ namespace flowd {
 namespace ondemand = simdjson::ondemand;
 
 namespace {
-// 1 for the bytes a JSON string cannot hold as they are: controls, '"' and '\\'.
+// The bytes a JSON string cannot hold as they are: controls, '"' and '\\'.
 constexpr auto kEscape = [] {
   std::array<bool, 256> t{};
   for (int c = 0; c < 0x20; ++c) t[c] = true;
   t['"'] = t['\\'] = true;
   return t;
 }();
+// Those, and every non-ASCII byte: what sends a string off the fast path.
+constexpr auto kLook = [] {
+  std::array<bool, 256> t = kEscape;
+  for (int c = 0x80; c < 0x100; ++c) t[c] = true;
+  return t;
+}();
+
+// The length of the well-formed UTF-8 sequence at s[i] (RFC 3629: no overlongs, no
+// surrogates, nothing past U+10FFFF), or 0.
+size_t Utf8Sequence(std::string_view s, size_t i) {
+  auto at = [&](size_t k) { return i + k < s.size() ? static_cast<unsigned char>(s[i + k]) : 0u; };
+  auto cont = [&](size_t k, unsigned lo = 0x80, unsigned hi = 0xBF) { return at(k) >= lo && at(k) <= hi; };
+  const unsigned c = at(0);
+  if (c < 0x80) return 1;
+  if (c >= 0xC2 && c <= 0xDF) return cont(1) ? 2 : 0;
+  if (c >= 0xE0 && c <= 0xEF) {
+    const bool second = c == 0xE0 ? cont(1, 0xA0) : c == 0xED ? cont(1, 0x80, 0x9F) : cont(1);
+    return second && cont(2) ? 3 : 0;
+  }
+  if (c >= 0xF0 && c <= 0xF4) {
+    const bool second = c == 0xF0 ? cont(1, 0x90) : c == 0xF4 ? cont(1, 0x80, 0x8F) : cont(1);
+    return second && cont(2) && cont(3) ? 4 : 0;
+  }
+  return 0;
+}
 }  // namespace
 
 void AppendJsonString(std::string& out, std::string_view s) {
   static constexpr char kHex[] = "0123456789abcdef";
   size_t i = 0;
-  while (i < s.size() && !kEscape[static_cast<unsigned char>(s[i])]) ++i;
+  while (i < s.size() && !kLook[static_cast<unsigned char>(s[i])]) ++i;
   if (i == s.size()) {  // the common case: one append of the whole string and its quotes
     const size_t at = out.size();
     out.resize(at + s.size() + 2);
@@ -32,11 +57,26 @@ void AppendJsonString(std::string& out, std::string_view s) {
   }
   out += '"';
   size_t run = 0;  // start of the current stretch that needs no escaping
-  for (; i < s.size(); ++i) {
-    unsigned char c = static_cast<unsigned char>(s[i]);
-    if (!kEscape[c]) continue;
+  while (i < s.size()) {
+    const unsigned char c = static_cast<unsigned char>(s[i]);
+    if (c >= 0x80) {
+      // Well-formed UTF-8 passes as it is; anything else becomes U+FFFD, so that every
+      // JSON text flowd writes is valid UTF-8 whatever the bytes came from.
+      if (const size_t n = Utf8Sequence(s, i)) {
+        i += n;
+        continue;
+      }
+      out.append(s.data() + run, i - run);
+      out += "\xEF\xBF\xBD";
+      run = ++i;
+      continue;
+    }
+    if (!kEscape[c]) {
+      ++i;
+      continue;
+    }
     out.append(s.data() + run, i - run);
-    run = i + 1;
+    run = ++i;
     switch (c) {
       case '"': out += "\\\""; break;
       case '\\': out += "\\\\"; break;

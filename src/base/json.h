@@ -16,8 +16,9 @@
 
 namespace flowd {
 
-// Appends `s` as a quoted JSON string. `s` must be valid UTF-8 (everything that came
-// through the reader is); control characters are escaped, all else is written as is.
+// Appends `s` as a quoted JSON string: control characters, '"' and '\\' are escaped,
+// well-formed UTF-8 is written as is, and each byte that is not part of one becomes U+FFFD.
+// The result is valid JSON in UTF-8 whatever `s` holds (a log field, an HTTP body).
 void AppendJsonString(std::string& out, std::string_view s);
 
 struct Value {

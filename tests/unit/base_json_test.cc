@@ -36,6 +36,21 @@ TEST_CASE("json: strings are escaped so that any parser reads them back") {
   CHECK(out == "\"a\\\"b\\\\c\\n\\t\\u0001\\u001f\\u0000é👋\u2028\"");
 }
 
+TEST_CASE("json: bytes that are not UTF-8 become U+FFFD, so the text stays valid JSON") {
+  auto quoted = [](std::string_view s) {
+    std::string out;
+    AppendJsonString(out, s);
+    return out;
+  };
+  const std::string r = "\xEF\xBF\xBD";  // U+FFFD
+  CHECK(quoted("a\xFF" "b") == "\"a" + r + "b\"");
+  CHECK(quoted("\xC3") == "\"" + r + "\"");                      // a sequence cut short
+  CHECK(quoted("\xC0\xAF") == "\"" + r + r + "\"");             // an overlong '/'
+  CHECK(quoted("\xED\xA0\x80") == "\"" + r + r + r + "\"");   // a UTF-16 surrogate
+  CHECK(quoted("\xF4\x90\x80\x80") == "\"" + r + r + r + r + "\"");  // past U+10FFFF
+  CHECK(quoted("\xF0\x9F\x91\x8B\"\x80") == "\"\xF0\x9F\x91\x8B\\\"" + r + "\"");  // 👋, quote, stray byte
+}
+
 TEST_CASE("json: values are kept compact, numbers keep their digits") {
   Value v;
   REQUIRE(Read(R"([ 1 , {"a" : [true,null, "x\u0041"]}, 18446744073709551616, -0, 1E2, 0.1 ])", v) == JsonError::kNone);
