@@ -5,7 +5,6 @@
 #include <unordered_map>
 
 #include "flow/nodes.h"
-#include "net/http_client.h"
 #include "net/url.h"
 
 namespace flowd::flow {

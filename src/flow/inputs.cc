@@ -4,7 +4,6 @@
 
 #include <algorithm>
 
-#include "net/http_client.h"
 #include "net/url.h"
 
 namespace flowd::flow {
@@ -15,8 +14,6 @@ namespace {
 Error Invalid(std::string code, std::string message, std::string field = "") {
   return Error{std::move(code), std::move(message), std::move(field), {}};
 }
-
-bool IsHttpUrl(std::string_view s) { return net::ParseHttpUrl(s).has_value(); }
 
 std::optional<Error> DecodeOptions(ondemand::value v, RunRecord& rec) {
   ondemand::object obj;
@@ -55,7 +52,7 @@ std::optional<Error> DecodeOptions(ondemand::value v, RunRecord& rec) {
         return Invalid("invalid_body", "run_options.global_webhook.signature must not hold line breaks or controls.",
                        "run_options.global_webhook.signature");
       }
-      if (!IsHttpUrl(rec.global_webhook_url)) {
+      if (!net::ParseHttpUrl(rec.global_webhook_url)) {
         return Invalid("invalid_body", "run_options.global_webhook.url must be an http(s) URL.",
                        "run_options.global_webhook.url");
       }
@@ -111,7 +108,7 @@ std::optional<Error> DecodeRunRequest(const Flow& flow, std::string& body, RunRe
         return Invalid("invalid_input", "Input \"" + std::string(key) + "\" nests deeper than 128 levels.", std::string(key));
       }
       if (je != JsonError::kNone) return Invalid("invalid_json", JsonErrorMessage(je));
-      if (in->is_file_url && (value.kind != Value::Kind::kString || !IsHttpUrl(value.text))) {
+      if (in->is_file_url && (value.kind != Value::Kind::kString || !net::ParseHttpUrl(value.text))) {
         return Invalid("invalid_input", "Input \"" + std::string(key) + "\" must be an http(s) URL.", std::string(key));
       }
       rec.inputs.emplace_back(std::string(key), std::move(value));

@@ -14,7 +14,6 @@
 #include <boost/beast/http/write.hpp>
 #include <boost/beast/ssl/ssl_stream.hpp>
 
-#include <cctype>
 #include <optional>
 #include <stdexcept>
 
@@ -35,22 +34,6 @@ namespace {
 constexpr size_t kMaxResponseHead = 64 << 10;
 }  // namespace
 
-bool IsHeaderName(std::string_view name) {
-  // RFC 9110 token characters.
-  static constexpr std::string_view kSpecial = "!#$%&'*+-.^_`|~";
-  if (name.empty()) return false;
-  for (unsigned char c : name) {
-    if (!(std::isalnum(c) || kSpecial.find(static_cast<char>(c)) != std::string_view::npos)) return false;
-  }
-  return true;
-}
-
-bool IsHeaderValue(std::string_view value) {
-  for (unsigned char c : value) {
-    if ((c < 0x20 && c != '\t') || c == 0x7F) return false;
-  }
-  return true;
-}
 
 struct HttpClient::Connection {
   std::optional<beast::tcp_stream> plain;

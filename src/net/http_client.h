@@ -40,12 +40,6 @@ struct ClientOptions {
   std::string user_agent = "flowd";
 };
 
-// What an outbound request may carry as a header name (an RFC 9110 token) and value (no
-// line break, NUL or other control but tab). Fetch refuses a request with anything else;
-// callers may check earlier to refuse at save or submit time.
-bool IsHeaderName(std::string_view name);
-bool IsHeaderValue(std::string_view value);
-
 struct Outbound {
   boost::beast::http::verb method = boost::beast::http::verb::get;
   std::string url;

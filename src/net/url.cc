@@ -47,4 +47,22 @@ std::optional<HttpUrl> ParseHttpUrl(std::string_view url) {
   return u;
 }
 
+bool IsHeaderName(std::string_view name) {
+  // RFC 9110 token characters.
+  static constexpr std::string_view kSpecial = "!#$%&'*+-.^_`|~";
+  if (name.empty()) return false;
+  for (unsigned char c : name) {
+    const bool alnum = (c >= '0' && c <= '9') || ((c | 0x20) >= 'a' && (c | 0x20) <= 'z');
+    if (!alnum && kSpecial.find(static_cast<char>(c)) == std::string_view::npos) return false;
+  }
+  return true;
+}
+
+bool IsHeaderValue(std::string_view value) {
+  for (unsigned char c : value) {
+    if ((c < 0x20 && c != '\t') || c == 0x7F) return false;
+  }
+  return true;
+}
+
 }  // namespace flowd::net

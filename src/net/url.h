@@ -1,7 +1,8 @@
-// Outbound URLs: the one place that decides whether a string is an http(s) URL flowd may
-// call, and how it splits into what a request needs. Flow validation, run inputs, the
-// webhook node and the HTTP client all ask here, so a URL accepted at save or submit time
-// is one the client can send, and one it refuses is refused early with the same rule.
+// Outbound requests' rules: the one place that decides whether a string is an http(s)
+// URL flowd may call (and how it splits into what a request needs), and which header
+// names and values a request may carry. Flow validation, run inputs, the nodes and the
+// HTTP client all ask here, so what is accepted at save or submit time is what the client
+// sends, and what it refuses is refused early with the same rule.
 //
 // Pure functions; any thread.
 #pragma once
@@ -27,5 +28,10 @@ struct HttpUrl {
 // kMaxUrlLength bytes, nothing that could break a request line or header (control
 // characters, spaces), and a port within 1-65535. nullopt otherwise.
 std::optional<HttpUrl> ParseHttpUrl(std::string_view url);
+
+// A header name flowd may send (an RFC 9110 token) and value (no line break, NUL or other
+// control but tab): anything else would let its author add headers or a second request.
+bool IsHeaderName(std::string_view name);
+bool IsHeaderValue(std::string_view value);
 
 }  // namespace flowd::net

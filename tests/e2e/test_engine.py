@@ -769,6 +769,24 @@ def http_get_text_and_object_headers(ctx):
 
 
 @check
+def http_get_header_with_line_break_fails_node(ctx):
+    """A header value from the flow or a wire goes into the request as it is: with CR/LF it
+    would add headers or a second request. The client refuses it; nothing is sent."""
+    tag = rand()
+    ctx.web.route(f"/hdr-{tag}", body="reached")
+    for headers in ({"X-A": "v\r\nX-Injected: yes"}, [{"key": "X-A\r\nX-B", "value": "v"}],
+                    {"X-A": "v\u0000"}):
+        fid = save(ctx, [
+            http_get(HTTP_NODE, ctx.web.url(f"/hdr-{tag}"), headers=headers),
+            api_output("outbody01#api-output", "body", HTTP_NODE),
+        ])
+        msg = expect_failed(run_flow(ctx, fid, {}), HTTP_NODE)
+        expect_mentions(msg, "header")
+    time.sleep(0.3)
+    expect(not ctx.web.requests(f"/hdr-{tag}"), "a request with a bad header was sent")
+
+
+@check
 def c26h_redirect_fails_node(ctx):
     tag = rand()
     ctx.web.route(f"/r-{tag}", status=302, headers={"Location": f"/data-{tag}"}, body="moved")

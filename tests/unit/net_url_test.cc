@@ -50,6 +50,24 @@ TEST_CASE("url: refuses a path glued to the authority instead of reading a short
   }
 }
 
+TEST_CASE("url: header names are tokens and values hold no line break or control") {
+  using flowd::net::IsHeaderName;
+  using flowd::net::IsHeaderValue;
+  CHECK(IsHeaderName("AI_FLOW_SIGNATURE"));
+  CHECK(IsHeaderName("x-e2e.v1~!#$%&'*+^`|"));
+  for (const char* bad : {"", "a b", "a:b", "a\r\nb", "caf\xC3\xA9", "(x)"}) {
+    INFO(bad);
+    CHECK_FALSE(IsHeaderName(bad));
+  }
+  CHECK(IsHeaderValue("sig 123\twith tab, caf\xC3\xA9"));
+  CHECK(IsHeaderValue(""));
+  for (const char* bad : {"a\rb", "a\nb", "a\x7F", "\x01"}) {
+    INFO(bad);
+    CHECK_FALSE(IsHeaderValue(bad));
+  }
+  CHECK_FALSE(IsHeaderValue(std::string("a\0b", 3)));
+}
+
 TEST_CASE("address_policy: classifies every non-public range and the IPv6 forms that embed one") {
   CHECK(Class("127.0.0.1") == "loopback");
   CHECK(Class("::1") == "loopback");
