@@ -206,7 +206,10 @@ asio::awaitable<void> Server::Serve(Stream& stream) {
       co_await refuse(ErrorResponse(501, "not_implemented", "The only transfer coding accepted is chunked."));
       co_return;
     }
-    const auto head_fields = static_cast<size_t>(std::distance(parser.get().begin(), parser.get().end()));
+    // Only a chunked body has trailers: the others skip their checks below.
+    const bool chunked = parser.chunked();
+    const auto head_fields =
+        chunked ? static_cast<size_t>(std::distance(parser.get().begin(), parser.get().end())) : size_t{0};
     busy_.fetch_add(1);
     struct Idle {
       std::atomic<int>& busy;
@@ -244,14 +247,16 @@ asio::awaitable<void> Server::Serve(Stream& stream) {
     // Beast adds a chunked body's trailers to the head's fields. They count against the
     // head limit, and are then dropped: no trailer may stand in for a header (RFC 9110
     // 6.5.1), or an Authorization sent after the body would be read as the request's.
-    size_t head_bytes = 0;
-    for (const auto& f : parser.get()) head_bytes += f.name_string().size() + f.value().size() + 4;
-    if (head_bytes > options_.max_header) {
-      co_await refuse(ErrorResponse(431, "headers_too_large", "The request head is larger than this server accepts."));
-      co_return;
-    }
-    for (auto it = std::next(parser.get().begin(), static_cast<std::ptrdiff_t>(head_fields)); it != parser.get().end();) {
-      it = parser.get().erase(it);
+    if (chunked) {
+      size_t head_bytes = 0;
+      for (const auto& f : parser.get()) head_bytes += f.name_string().size() + f.value().size() + 4;
+      if (head_bytes > options_.max_header) {
+        co_await refuse(ErrorResponse(431, "headers_too_large", "The request head is larger than this server accepts."));
+        co_return;
+      }
+      for (auto it = std::next(parser.get().begin(), static_cast<std::ptrdiff_t>(head_fields)); it != parser.get().end();) {
+        it = parser.get().erase(it);
+      }
     }
 
     Request req = parser.release();
